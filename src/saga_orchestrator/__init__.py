@@ -1,0 +1,71 @@
+"""Durable sagas for Python services.
+
+Subclass :class:`BaseSaga`, return :class:`SagaStep`\\ s from ``define_steps``, and run it with
+:class:`SagaOrchestrator` on a repository (in-memory or SQLite here; PostgreSQL as an extra).
+Every transition is recorded before the next action starts; a failed step makes the
+completed ones compensate in reverse order; ``recover()`` resumes sagas after a crash.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from .adapters import (
+    InMemoryEventPublisher,
+    InMemoryIdempotencyStore,
+    InMemorySagaRepository,
+    SQLiteIdempotencyStore,
+    SQLiteSagaRepository,
+)
+from .definitions import BaseSaga, SagaStep
+from .errors import (
+    NonRetryableError,
+    RetryableError,
+    SagaConflictError,
+    SagaDefinitionError,
+    SagaError,
+    SerializationError,
+)
+from .events import SagaEvent, SagaEventType
+from .orchestrator import SagaOrchestrator
+from .protocols import Clock, EventPublisher, IdempotencyStore, SagaListener, SagaRepository
+from .registry import SagaRegistry
+from .retry import RetryPolicy
+from .runtime import StepRun, current_step
+from .state import SagaContext, SagaResult, SagaStatus, StepState, StepStatus
+
+try:
+    __version__ = version("saga-orchestrator")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0.0.0"
+
+__all__ = [
+    "BaseSaga",
+    "Clock",
+    "EventPublisher",
+    "IdempotencyStore",
+    "InMemoryEventPublisher",
+    "InMemoryIdempotencyStore",
+    "InMemorySagaRepository",
+    "NonRetryableError",
+    "RetryPolicy",
+    "RetryableError",
+    "SQLiteIdempotencyStore",
+    "SQLiteSagaRepository",
+    "SagaConflictError",
+    "SagaContext",
+    "SagaDefinitionError",
+    "SagaError",
+    "SagaEvent",
+    "SagaEventType",
+    "SagaListener",
+    "SagaOrchestrator",
+    "SagaRegistry",
+    "SagaRepository",
+    "SagaResult",
+    "SagaStatus",
+    "SagaStep",
+    "SerializationError",
+    "StepRun",
+    "StepState",
+    "StepStatus",
+    "current_step",
+]

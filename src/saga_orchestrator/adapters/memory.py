@@ -1,0 +1,127 @@
+"""In-memory adapters: for tests and single-process use where losing state on exit is fine.
+
+They keep the serialized form, exactly as the durable adapters do, so a saga that runs here
+cannot fail later on storage for a value that does not serialize.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from ..errors import SagaAlreadyExistsError, SagaConflictError
+from ..events import SagaEvent
+from ..serialization import decode_context
+from ..state import SagaContext, SagaStatus
+
+__all__ = ["InMemoryEventPublisher", "InMemoryIdempotencyStore", "InMemorySagaRepository"]
+
+
+@dataclass(slots=True)
+class _Row:
+    order: int
+    saga_type: str
+    correlation_id: str | None
+    status: SagaStatus
+    version: int
+    state: str
+
+
+class InMemorySagaRepository:
+    """A :class:`~saga_orchestrator.protocols.SagaRepository` in a dict."""
+
+    def __init__(self) -> None:
+        self._rows: dict[UUID, _Row] = {}
+        self._counter = 0
+        self.writes = 0
+        """Committed writes, for tests that count transactions."""
+
+    async def create(
+        self, context: SagaContext[Any], state: str, events: Sequence[SagaEvent] = ()
+    ) -> None:
+        if context.saga_id in self._rows:
+            raise SagaAlreadyExistsError(context.saga_id)
+        self._counter += 1
+        self._rows[context.saga_id] = _Row(
+            order=self._counter,
+            saga_type=context.saga_type,
+            correlation_id=context.correlation_id,
+            status=context.status,
+            version=context.version,
+            state=state,
+        )
+        self.writes += 1
+
+    async def update(
+        self,
+        context: SagaContext[Any],
+        state: str,
+        *,
+        expected_version: int,
+        events: Sequence[SagaEvent] = (),
+    ) -> None:
+        row = self._rows.get(context.saga_id)
+        if row is None or row.version != expected_version:
+            raise SagaConflictError(context.saga_id, expected_version)
+        row.status = context.status
+        row.version = context.version
+        row.state = state
+        self.writes += 1
+
+    async def get(self, saga_id: UUID) -> SagaContext[Any] | None:
+        row = self._rows.get(saga_id)
+        return decode_context(row.state) if row is not None else None
+
+    async def get_by_correlation_id(self, correlation_id: str) -> SagaContext[Any] | None:
+        latest: _Row | None = None
+        for row in self._rows.values():
+            if row.correlation_id == correlation_id and (
+                latest is None or row.order > latest.order
+            ):
+                latest = row
+        return decode_context(latest.state) if latest is not None else None
+
+    async def list_sagas(
+        self,
+        *,
+        statuses: Collection[SagaStatus] | None = None,
+        saga_type: str | None = None,
+        limit: int = 1000,
+    ) -> list[SagaContext[Any]]:
+        rows = sorted(self._rows.values(), key=lambda row: row.order)
+        selected = [
+            row
+            for row in rows
+            if (statuses is None or row.status in statuses)
+            and (saga_type is None or row.saga_type == saga_type)
+        ]
+        return [decode_context(row.state) for row in selected[:limit]]
+
+
+class InMemoryIdempotencyStore:
+    """An :class:`~saga_orchestrator.protocols.IdempotencyStore` in a dict."""
+
+    def __init__(self) -> None:
+        self._values: dict[str, str] = {}
+
+    async def get(self, key: str) -> str | None:
+        return self._values.get(key)
+
+    async def put_if_absent(self, key: str, value: str) -> str:
+        return self._values.setdefault(key, value)
+
+
+class InMemoryEventPublisher:
+    """Keeps every published event in ``.events``, in publication order."""
+
+    def __init__(self) -> None:
+        self.events: list[SagaEvent] = []
+
+    async def publish(self, events: Sequence[SagaEvent]) -> None:
+        self.events.extend(events)
+
+    def for_saga(self, saga_id: UUID) -> list[SagaEvent]:
+        """The events of one saga, in order."""
+        return [event for event in self.events if event.saga_id == saga_id]

@@ -1,0 +1,1 @@
+"""Numbered SQL migration files, one folder per dialect."""

@@ -1,0 +1,389 @@
+"""SQLite adapters: durable, zero-configuration, safe with several processes on one file.
+
+The standard library's ``sqlite3`` runs in worker threads (through anyio), so the event loop
+never blocks on disk. The database uses WAL, every write transaction begins ``IMMEDIATE`` (a
+deferred one can fail with ``SQLITE_BUSY`` regardless of the busy timeout), and commits are
+``synchronous=FULL`` by default: a transition acknowledged to the orchestrator survives power
+loss.
+
+Concurrent writes from one process are committed together (group commit): while one
+transaction is being flushed, the writes that arrive queue up and go in the next one, each
+caller returning only once its own write is durable. Sequential use costs one transaction per
+write; many sagas in flight share fsyncs.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, Self
+from uuid import UUID
+
+import anyio
+import anyio.to_thread
+
+from ..errors import SagaAlreadyExistsError, SagaConflictError
+from ..events import SagaEvent
+from ..serialization import decode_context
+from ..state import SagaContext, SagaStatus
+
+__all__ = ["SQLiteIdempotencyStore", "SQLiteSagaRepository", "migrate"]
+
+Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
+
+
+def _migrations() -> list[tuple[int, str, str]]:
+    folder = resources.files("saga_orchestrator.adapters.migrations") / "sqlite"
+    found = []
+    for entry in folder.iterdir():
+        if entry.name.endswith(".sql"):
+            number = int(entry.name.split("_", 1)[0])
+            found.append((number, entry.name, entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+def _statements(script: str) -> list[str]:
+    statements: list[str] = []
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            if buffer.strip():
+                statements.append(buffer.strip())
+            buffer = ""
+    if buffer.strip() and not all(
+        part.strip().startswith("--") for part in buffer.strip().splitlines()
+    ):
+        raise ValueError(f"incomplete SQL statement in migration: {buffer.strip()[:80]!r}")
+    return statements
+
+
+def migrate(connection: sqlite3.Connection) -> list[str]:
+    """Apply the pending migrations in one IMMEDIATE transaction; return their names.
+
+    Safe when several processes open the same file at once: the first takes the write lock
+    and migrates, the others wait (busy timeout), then find nothing left to do.
+    """
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        connection.execute(
+            "CREATE TABLE IF NOT EXISTS saga_schema_migrations ("
+            " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+        )
+        applied = {
+            row[0] for row in connection.execute("SELECT version FROM saga_schema_migrations")
+        }
+        done: list[str] = []
+        for number, name, script in _migrations():
+            if number in applied:
+                continue
+            for statement in _statements(script):
+                connection.execute(statement)
+            connection.execute(
+                "INSERT INTO saga_schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                (number, name, datetime.now(UTC).isoformat()),
+            )
+            done.append(name)
+        connection.execute("COMMIT")
+        return done
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+
+
+@dataclass(slots=True)
+class _Write:
+    op: Callable[[sqlite3.Connection], Any]
+    result: Any = None
+    error: BaseException | None = None
+    done: bool = False
+
+
+class _Database:
+    """One connection, its thread lock, lazy opening and the group-commit writer."""
+
+    def __init__(self, path: str | Path, synchronous: Synchronous, busy_timeout_seconds: float):
+        self.path = str(path)
+        self.synchronous = synchronous
+        self.busy_timeout_seconds = busy_timeout_seconds
+        self._connection: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+        self._queue: list[_Write] = []
+        self._flushing = False
+        self._flushed: anyio.Event | None = None
+        self.transactions = 0
+        """Write transactions committed, for tests and benchmarks."""
+
+    def _open(self) -> sqlite3.Connection:
+        with self._lock:
+            if self._connection is None:
+                if self.path != ":memory:":
+                    Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+                connection = sqlite3.connect(
+                    self.path,
+                    timeout=self.busy_timeout_seconds,
+                    isolation_level=None,  # we issue BEGIN IMMEDIATE / COMMIT ourselves
+                    check_same_thread=False,
+                )
+                connection.execute("PRAGMA journal_mode=WAL")
+                connection.execute(f"PRAGMA synchronous={self.synchronous}")
+                connection.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_seconds * 1000)}")
+                migrate(connection)
+                self._connection = connection
+            return self._connection
+
+    async def read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        def run() -> Any:
+            connection = self._open()
+            with self._lock:
+                return fn(connection)
+
+        return await anyio.to_thread.run_sync(run)
+
+    async def write(self, op: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run ``op`` in a write transaction, shared with the writes queued meanwhile."""
+        item = _Write(op)
+        self._queue.append(item)
+        try:
+            while not item.done:
+                if self._flushing:
+                    assert self._flushed is not None
+                    await self._flushed.wait()
+                    continue
+                self._flushing = True
+                flushed = self._flushed = anyio.Event()
+                batch, self._queue = self._queue, []
+                try:
+                    # A batch carries other callers' writes: it is never abandoned half-way.
+                    with anyio.CancelScope(shield=True):
+                        await anyio.to_thread.run_sync(self._commit_batch, batch)
+                finally:
+                    self._flushing = False
+                    flushed.set()
+        except BaseException:
+            if not item.done and item in self._queue:
+                self._queue.remove(item)  # cancelled before its batch started: never written
+            raise
+        if item.error is not None:
+            raise item.error
+        return item.result
+
+    def _commit_batch(self, batch: list[_Write]) -> None:
+        connection = self._open()
+        with self._lock:
+            try:
+                connection.execute("BEGIN IMMEDIATE")
+                for item in batch:
+                    try:
+                        item.result = item.op(connection)
+                    except (SagaConflictError, SagaAlreadyExistsError) as exc:
+                        item.error = exc  # that statement wrote nothing; the others go on
+                connection.execute("COMMIT")
+                self.transactions += 1
+            except BaseException as exc:
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+                for item in batch:
+                    item.error = exc
+            finally:
+                for item in batch:
+                    item.done = True
+
+    async def close(self) -> None:
+        def run() -> None:
+            with self._lock:
+                if self._connection is not None:
+                    self._connection.close()
+                    self._connection = None
+
+        await anyio.to_thread.run_sync(run)
+
+
+class _SQLiteBase:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        synchronous: Synchronous = "FULL",
+        busy_timeout_seconds: float = 30.0,
+    ) -> None:
+        self._db = _Database(path, synchronous, busy_timeout_seconds)
+
+    @property
+    def path(self) -> str:
+        return self._db.path
+
+    @property
+    def transactions(self) -> int:
+        """Write transactions this object committed."""
+        return self._db.transactions
+
+    async def open(self) -> None:
+        """Open the file and apply migrations now (otherwise done on first use)."""
+        await self._db.read(lambda connection: None)
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+class SQLiteSagaRepository(_SQLiteBase):
+    """A :class:`~saga_orchestrator.protocols.SagaRepository` in one SQLite file.
+
+    Args:
+        path: the database file (created with its folder if missing).
+        synchronous: SQLite's ``PRAGMA synchronous``; ``FULL`` makes each acknowledged
+            transition survive power loss, ``NORMAL`` only process crashes.
+        busy_timeout_seconds: how long to wait for another process's write lock.
+    """
+
+    async def create(
+        self, context: SagaContext[Any], state: str, events: Sequence[SagaEvent] = ()
+    ) -> None:
+        row = (
+            str(context.saga_id),
+            context.saga_type,
+            context.correlation_id,
+            context.status.value,
+            context.version,
+            _iso(context.created_at),
+            _iso(context.updated_at),
+            state,
+        )
+
+        def op(connection: sqlite3.Connection) -> None:
+            try:
+                connection.execute(
+                    "INSERT INTO sagas (saga_id, saga_type, correlation_id, status, version,"
+                    " created_at, updated_at, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    row,
+                )
+            except sqlite3.IntegrityError:
+                raise SagaAlreadyExistsError(context.saga_id) from None
+
+        await self._db.write(op)
+
+    async def update(
+        self,
+        context: SagaContext[Any],
+        state: str,
+        *,
+        expected_version: int,
+        events: Sequence[SagaEvent] = (),
+    ) -> None:
+        params = (
+            context.status.value,
+            context.version,
+            _iso(context.updated_at),
+            state,
+            str(context.saga_id),
+            expected_version,
+        )
+        saga_id = context.saga_id
+
+        def op(connection: sqlite3.Connection) -> None:
+            cursor = connection.execute(
+                "UPDATE sagas SET status = ?, version = ?, updated_at = ?, state = ?"
+                " WHERE saga_id = ? AND version = ?",
+                params,
+            )
+            if cursor.rowcount != 1:
+                raise SagaConflictError(saga_id, expected_version)
+
+        await self._db.write(op)
+
+    async def get(self, saga_id: UUID) -> SagaContext[Any] | None:
+        row = await self._db.read(
+            lambda c: c.execute(
+                "SELECT state FROM sagas WHERE saga_id = ?", (str(saga_id),)
+            ).fetchone()
+        )
+        return decode_context(row[0]) if row is not None else None
+
+    async def get_by_correlation_id(self, correlation_id: str) -> SagaContext[Any] | None:
+        row = await self._db.read(
+            lambda c: c.execute(
+                "SELECT state FROM sagas WHERE correlation_id = ? ORDER BY rowid DESC LIMIT 1",
+                (correlation_id,),
+            ).fetchone()
+        )
+        return decode_context(row[0]) if row is not None else None
+
+    async def list_sagas(
+        self,
+        *,
+        statuses: Collection[SagaStatus] | None = None,
+        saga_type: str | None = None,
+        limit: int = 1000,
+    ) -> list[SagaContext[Any]]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        if statuses is not None:
+            if not statuses:
+                return []
+            clauses.append(f"status IN ({', '.join('?' for _ in statuses)})")
+            params.extend(SagaStatus(s).value for s in statuses)
+        if saga_type is not None:
+            clauses.append("saga_type = ?")
+            params.append(saga_type)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        params.append(int(limit))
+        rows = await self._db.read(
+            lambda c: c.execute(
+                f"SELECT state FROM sagas{where} ORDER BY rowid LIMIT ?", params
+            ).fetchall()
+        )
+        return [decode_context(row[0]) for row in rows]
+
+
+class SQLiteIdempotencyStore(_SQLiteBase):
+    """An :class:`~saga_orchestrator.protocols.IdempotencyStore` in a SQLite file.
+
+    It may share the repository's file (it uses its own table and connection).
+    """
+
+    async def get(self, key: str) -> str | None:
+        row = await self._db.read(
+            lambda c: c.execute(
+                "SELECT value FROM idempotency_keys WHERE key = ?", (key,)
+            ).fetchone()
+        )
+        return row[0] if row is not None else None
+
+    async def put_if_absent(self, key: str, value: str) -> str:
+        now = datetime.now(UTC).isoformat()
+
+        def op(connection: sqlite3.Connection) -> str:
+            connection.execute(
+                "INSERT INTO idempotency_keys (key, value, created_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (key) DO NOTHING",
+                (key, value, now),
+            )
+            row = connection.execute(
+                "SELECT value FROM idempotency_keys WHERE key = ?", (key,)
+            ).fetchone()
+            return str(row[0])
+
+        result: str = await self._db.write(op)
+        return result
+
+
+def _iso(value: datetime | None) -> str:
+    return (value or datetime.now(UTC)).isoformat()

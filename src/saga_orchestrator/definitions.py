@@ -1,0 +1,182 @@
+"""How users declare sagas: ``BaseSaga`` subclasses returning ``SagaStep``s."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Generic, TypeVar
+from uuid import uuid4
+
+from .errors import SagaDefinitionError
+from .retry import RetryPolicy
+from .state import SagaContext, StepState
+
+__all__ = ["Action", "BaseSaga", "Compensation", "SagaStep", "default_correlation_id"]
+
+T = TypeVar("T")
+
+Action = Callable[[T], Awaitable[Mapping[str, Any] | None]]
+"""A forward step: receives the saga's data, returns fields to set on it (or ``None``)."""
+Compensation = Callable[[T], Awaitable[None]]
+"""Undoes a step's effect. Must tolerate having nothing to undo, and being run twice."""
+
+
+@dataclass(frozen=True, slots=True)
+class SagaStep(Generic[T]):
+    """One step of a saga: an action and the compensation that undoes it."""
+
+    name: str
+    """Unique within the saga; part of the stored state and of idempotency keys."""
+    action: Action[T]
+    compensation: Compensation[T] | None = None
+    """``None`` for a step with nothing to undo."""
+    timeout_seconds: float | None = None
+    """Per attempt. A timed-out attempt may still have acted, so it counts as possibly done."""
+    retry: RetryPolicy | None = None
+    """Forward retries; ``None`` uses the orchestrator's default."""
+    compensation_retry: RetryPolicy | None = None
+    """Compensation retries (every error is retried); ``None`` uses the orchestrator's default."""
+    retriable: bool = False
+    """A step after the pivot: retried until it succeeds, never compensated and never the
+    cause of compensation. Retriable steps must come after every compensatable one."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise SagaDefinitionError(f"step name must be a non-empty string, got {self.name!r}")
+        if len(self.name) > 200:
+            raise SagaDefinitionError(f"step name is longer than 200 characters: {self.name!r}")
+        if not callable(self.action):
+            raise SagaDefinitionError(f"step {self.name!r}: action is not callable", step=self.name)
+        if self.compensation is not None and not callable(self.compensation):
+            raise SagaDefinitionError(
+                f"step {self.name!r}: compensation is not callable", step=self.name
+            )
+        if self.timeout_seconds is not None and not self.timeout_seconds > 0:
+            raise SagaDefinitionError(
+                f"step {self.name!r}: timeout_seconds must be > 0, got {self.timeout_seconds}",
+                step=self.name,
+            )
+
+
+_CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+
+
+def default_correlation_id(data: object) -> str | None:
+    """The documented default correlation id of a saga's data.
+
+    The data class's name, without a trailing ``Data``, in snake case, names a field:
+    ``OrderData`` → ``order_id``. When the data has that field, and it is set, the
+    correlation id is ``"order-{order_id}"`` (hyphens for underscores in the prefix).
+    Otherwise there is none. Override ``BaseSaga.correlation_id`` to choose another.
+    """
+    name = type(data).__name__
+    if name.endswith("Data") and len(name) > 4:
+        name = name[:-4]
+    prefix = _CAMEL_BOUNDARY.sub("_", name).lower()
+    value = getattr(data, f"{prefix}_id", None)
+    if value is None:
+        return None
+    return f"{prefix.replace('_', '-')}-{value}"
+
+
+class BaseSaga(ABC, Generic[T]):
+    """Subclass this, set ``saga_type``, and return the steps from ``define_steps``.
+
+    Set your dependencies (services) on ``self`` *before* calling ``super().__init__(data)``,
+    which builds ``self.context``.
+    """
+
+    saga_type: ClassVar[str]
+    """Stable name of this kind of saga; stored with each saga and used for recovery."""
+    timeout_minutes: ClassVar[float | None] = None
+    """Deadline from the saga's start; past it no forward step starts and the saga
+    compensates. Stored as an absolute time, so it survives restarts."""
+
+    context: SagaContext[T]
+
+    def __init__(self, data: T) -> None:
+        saga_type = getattr(type(self), "saga_type", None)
+        if not isinstance(saga_type, str) or not saga_type:
+            raise SagaDefinitionError(
+                f"{type(self).__qualname__} must set the class attribute saga_type to a "
+                "non-empty string"
+            )
+        if not dataclasses.is_dataclass(data) or isinstance(data, type):
+            raise SagaDefinitionError(
+                f"{saga_type}: saga data must be a dataclass instance, got {type(data).__name__}"
+            )
+        timeout = type(self).timeout_minutes
+        if timeout is not None and not timeout > 0:
+            raise SagaDefinitionError(f"{saga_type}: timeout_minutes must be > 0, got {timeout}")
+        self._steps = self._validated_steps(saga_type)
+        now = datetime.now(UTC)
+        self.context = SagaContext(
+            saga_id=uuid4(),
+            saga_type=saga_type,
+            data=data,
+            steps=[StepState(name=step.name) for step in self._steps],
+            correlation_id=self.correlation_id(data),
+            created_at=now,
+            updated_at=now,
+            _saga=self,
+        )
+
+    @abstractmethod
+    def define_steps(self) -> list[SagaStep[T]]:
+        """The steps, in the order they run."""
+
+    def correlation_id(self, data: T) -> str | None:
+        """A business key to find this saga by (see :func:`default_correlation_id`)."""
+        return default_correlation_id(data)
+
+    @property
+    def steps(self) -> tuple[SagaStep[T], ...]:
+        return self._steps
+
+    def step(self, name: str) -> SagaStep[T]:
+        for step in self._steps:
+            if step.name == name:
+                return step
+        raise KeyError(f"saga {self.saga_type!r} has no step {name!r}")
+
+    def attach(self, context: SagaContext[T]) -> None:
+        """Adopt a stored context (recovery), checking that it matches this definition."""
+        from .errors import SagaDefinitionMismatchError
+
+        stored = [s.name for s in context.steps]
+        defined = [s.name for s in self._steps]
+        if stored != defined or context.saga_type != self.saga_type:
+            raise SagaDefinitionMismatchError(
+                f"stored saga {context.saga_id} ({context.saga_type}) has steps {stored}, "
+                f"but {type(self).__qualname__} ({self.saga_type}) defines {defined}",
+                saga_id=context.saga_id,
+            )
+        context._saga = self
+        self.context = context
+
+    def _validated_steps(self, saga_type: str) -> tuple[SagaStep[T], ...]:
+        steps = self.define_steps()
+        if not isinstance(steps, list | tuple) or not steps:
+            raise SagaDefinitionError(f"{saga_type}: define_steps() must return a non-empty list")
+        seen: set[str] = set()
+        retriable_from: str | None = None
+        for step in steps:
+            if not isinstance(step, SagaStep):
+                raise SagaDefinitionError(
+                    f"{saga_type}: define_steps() returned {type(step).__name__}, not SagaStep"
+                )
+            if step.name in seen:
+                raise SagaDefinitionError(f"{saga_type}: duplicate step name {step.name!r}")
+            seen.add(step.name)
+            if step.retriable:
+                retriable_from = retriable_from or step.name
+            elif retriable_from is not None:
+                raise SagaDefinitionError(
+                    f"{saga_type}: step {step.name!r} is compensatable but follows the "
+                    f"retriable step {retriable_from!r}; retriable steps must come last"
+                )
+        return tuple(steps)

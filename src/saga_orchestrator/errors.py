@@ -1,0 +1,127 @@
+"""The exception hierarchy: one root, structured fields, retryability on the error.
+
+Everything the library raises derives from :class:`SagaError`. Errors raised by *your* step
+actions are not wrapped: the orchestrator classifies them (see :mod:`saga_orchestrator.retry`)
+and records ``"ExceptionType: message"`` as the step's error.
+"""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+__all__ = [
+    "InvalidStepResultError",
+    "NonRetryableError",
+    "RetryableError",
+    "SagaAlreadyExistsError",
+    "SagaConflictError",
+    "SagaDefinitionError",
+    "SagaDefinitionMismatchError",
+    "SagaError",
+    "SagaNotFoundError",
+    "SagaStateError",
+    "SerializationError",
+    "UnknownSagaTypeError",
+]
+
+
+class SagaError(Exception):
+    """Root of every error raised by saga-orchestrator.
+
+    Attributes:
+        saga_id: the saga concerned, when there is one.
+        step: the step concerned, when there is one.
+        retryable: whether trying the same operation again may succeed.
+    """
+
+    retryable: bool = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        saga_id: UUID | None = None,
+        step: str | None = None,
+        retryable: bool | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.saga_id = saga_id
+        self.step = step
+        if retryable is not None:
+            self.retryable = retryable
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class RetryableError(SagaError):
+    """Raise from a step action for a transient failure that a later attempt may fix."""
+
+    retryable = True
+
+
+class NonRetryableError(SagaError):
+    """Raise from a step action for a business outcome (a declined card): fails at once."""
+
+    retryable = False
+
+
+class SagaDefinitionError(SagaError, TypeError):
+    """A saga class or its steps are declared wrongly (empty steps, duplicate names, ...)."""
+
+
+class SagaDefinitionMismatchError(SagaError):
+    """A stored saga's steps differ from its class's current ``define_steps()``.
+
+    Raised instead of guessing: resuming a saga on a changed definition could skip or repeat a
+    step. Finish old sagas on the old code, or give the new definition a new ``saga_type``.
+    """
+
+
+class SerializationError(SagaError, TypeError):
+    """A value cannot be stored so that it reads back exactly; nothing was written."""
+
+
+class InvalidStepResultError(SagaError, TypeError):
+    """A step action returned something that cannot be applied to the saga's data."""
+
+
+class SagaConflictError(SagaError):
+    """Another orchestrator advanced this saga first (its stored version moved on).
+
+    The orchestrator that gets this stops driving the saga without side effects of its own;
+    the saga carries on wherever the winner takes it.
+    """
+
+    retryable = False
+
+    def __init__(self, saga_id: UUID, expected_version: int) -> None:
+        super().__init__(
+            f"saga {saga_id} was changed by another orchestrator "
+            f"(expected stored version {expected_version}); this one stopped driving it",
+            saga_id=saga_id,
+        )
+        self.expected_version = expected_version
+
+
+class SagaAlreadyExistsError(SagaError):
+    """A saga with this id is already stored."""
+
+    def __init__(self, saga_id: UUID) -> None:
+        super().__init__(f"saga {saga_id} already exists", saga_id=saga_id)
+
+
+class SagaNotFoundError(SagaError, LookupError):
+    """No saga with this id is stored."""
+
+    def __init__(self, saga_id: UUID) -> None:
+        super().__init__(f"no saga with id {saga_id}", saga_id=saga_id)
+
+
+class SagaStateError(SagaError):
+    """The requested operation does not apply to the saga in its current status."""
+
+
+class UnknownSagaTypeError(SagaError, LookupError):
+    """No factory is registered for a stored saga's ``saga_type``, so it cannot be rebuilt."""

@@ -1,0 +1,726 @@
+"""The engine: runs steps, records every transition, compensates, retries, recovers."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+from uuid import UUID
+
+import anyio
+
+from .definitions import BaseSaga, SagaStep
+from .errors import (
+    InvalidStepResultError,
+    SagaAlreadyExistsError,
+    SagaConflictError,
+    SagaError,
+    SagaNotFoundError,
+    SagaStateError,
+    SerializationError,
+)
+from .events import SagaEvent, SagaEventType
+from .protocols import (
+    Clock,
+    EventPublisher,
+    IdempotencyStore,
+    SagaListener,
+    SagaRepository,
+    StepInterceptor,
+)
+from .registry import SagaFactory, SagaRegistry
+from .retry import DEFAULT_COMPENSATION_RETRY, DEFAULT_RETRY, RetryPolicy
+from .runtime import Phase, StepRun, SystemClock, _current
+from .serialization import dumps, encode_context, encode_value, loads
+from .state import ACTIVE_STATUSES, SagaContext, SagaResult, SagaStatus, StepState, StepStatus
+
+__all__ = ["SagaOrchestrator"]
+
+T = TypeVar("T")
+logger = logging.getLogger("saga_orchestrator")
+
+
+@dataclass(slots=True)
+class _Pending:
+    """Events of the transition being prepared; sequence numbers are assigned on commit."""
+
+    items: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, type_: SagaEventType, **fields: Any) -> None:
+        self.items.append({"type": type_, **fields})
+
+
+@dataclass(slots=True)
+class _Failure:
+    error: BaseException
+    text: str
+    retryable: bool
+    effect_possible: bool
+
+
+def _describe(error: BaseException) -> str:
+    message = str(error)
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
+
+
+class SagaOrchestrator:
+    """Runs sagas durably on a :class:`~saga_orchestrator.protocols.SagaRepository`.
+
+    Every transition is recorded before the orchestrator acts on it: a step's attempt is
+    stored as running before its action is called, and the write that records a step's end
+    also records the next step's start. A process killed at any instant therefore leaves a
+    record from which :meth:`recover` continues, forward or backward. Actions run at least
+    once; pass ``current_step().idempotency_key`` to the services they call.
+    """
+
+    def __init__(
+        self,
+        repository: SagaRepository,
+        event_publisher: EventPublisher | None = None,
+        idempotency_store: IdempotencyStore | None = None,
+        *,
+        registry: SagaRegistry | None = None,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        compensation_retry: RetryPolicy = DEFAULT_COMPENSATION_RETRY,
+        clock: Clock | None = None,
+        listeners: Iterable[SagaListener] = (),
+        interceptors: Iterable[StepInterceptor] = (),
+        recovery_concurrency: int = 16,
+    ) -> None:
+        self.repository = repository
+        self.event_publisher = event_publisher
+        self.idempotency_store = idempotency_store
+        self.registry = registry if registry is not None else SagaRegistry()
+        self.default_retry = retry
+        self.default_compensation_retry = compensation_retry
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        self.listeners = list(listeners)
+        self.interceptors = list(interceptors)
+        if recovery_concurrency < 1:
+            raise ValueError("recovery_concurrency must be >= 1")
+        self.recovery_concurrency = recovery_concurrency
+
+    # ------------------------------------------------------------------ public API
+
+    def register(self, saga_type: str, factory: SagaFactory) -> None:
+        """Shortcut for ``orchestrator.registry.register``: how to rebuild ``saga_type``."""
+        self.registry.register(saga_type, factory)
+
+    async def execute(self, saga: BaseSaga[T]) -> SagaResult[T]:
+        """Run ``saga`` to a terminal status and return its result.
+
+        If a saga with the same ``saga_id`` is already stored, it is resumed from its stored
+        state (or its stored result returned), never started twice.
+        """
+        context = saga.context
+        context._saga = saga
+        if context.version == 0:
+            try:
+                await self._start(context)
+            except SagaAlreadyExistsError:
+                stored = await self.repository.get(context.saga_id)
+                if stored is None:  # pragma: no cover - deleted in between
+                    raise
+                saga.attach(stored)
+                context = stored
+                self._reconcile_interrupted(context)
+        return await self._drive(context)
+
+    async def recover(self) -> list[SagaResult[Any]]:
+        """Resume every stored saga that is not terminal, from exactly where it stopped.
+
+        Sagas whose ``saga_type`` has no registered factory are left untouched (another
+        process may know them) and logged. Meant for start-up: it assumes that no other live
+        process is driving the same sagas (a saga advanced elsewhere in the meantime is
+        detected by its version and left to that process).
+        """
+        pending = await self.repository.list_sagas(statuses=ACTIVE_STATUSES, limit=1_000_000)
+        results: list[SagaResult[Any]] = []
+        limiter = anyio.CapacityLimiter(self.recovery_concurrency)
+
+        async def resume(context: SagaContext[Any]) -> None:
+            async with limiter:
+                if context.saga_type not in self.registry:
+                    logger.warning(
+                        "saga.recovery.skipped: no factory for saga_type %r (saga %s)",
+                        context.saga_type,
+                        context.saga_id,
+                        extra={"saga_id": str(context.saga_id)},
+                    )
+                    return
+                self.registry.rebuild(context)
+                self._reconcile_interrupted(context)
+                try:
+                    results.append(await self._drive(context))
+                except SagaConflictError as exc:
+                    logger.warning("saga.recovery.conflict: %s", exc)
+
+        async with anyio.create_task_group() as tg:
+            for context in pending:
+                tg.start_soon(resume, context)
+        return results
+
+    async def resume(self, saga_id: UUID) -> SagaResult[Any]:
+        """Drive one stored saga to a terminal status (rebuilt through the registry)."""
+        context = await self._load(saga_id)
+        if context.is_terminal:
+            return SagaResult.from_context(context)
+        self.registry.rebuild(context)
+        self._reconcile_interrupted(context)
+        return await self._drive(context)
+
+    async def retry(self, saga_id: UUID) -> SagaResult[Any]:
+        """Retry the failed compensation of a ``FAILED`` saga, then carry on compensating.
+
+        Use it once the cause is fixed (the refund API is back). The step's compensation
+        attempts start again from 1.
+        """
+        context = await self._load(saga_id)
+        if context.status is not SagaStatus.FAILED:
+            raise SagaStateError(
+                f"saga {saga_id} is {context.status.value}; only a failed saga can be retried",
+                saga_id=saga_id,
+            )
+        self.registry.rebuild(context)
+        index = next(
+            (
+                i
+                for i in range(len(context.steps) - 1, -1, -1)
+                if context.steps[i].status is StepStatus.COMPENSATION_FAILED
+            ),
+            None,
+        )
+        pending = _Pending()
+        context.status = SagaStatus.COMPENSATING
+        pending.add(SagaEventType.COMPENSATION_STARTED, error=context.error)
+        if index is None or not self._begin_next_compensation(context, index, pending, reset=True):
+            self._finish_compensation(context, pending)
+        await self._commit(context, pending)
+        return await self._drive(context)
+
+    async def get(self, saga_id: UUID) -> SagaContext[Any] | None:
+        """The stored state of a saga, or ``None``."""
+        return await self.repository.get(saga_id)
+
+    # ------------------------------------------------------------------ driving
+
+    async def _load(self, saga_id: UUID) -> SagaContext[Any]:
+        context = await self.repository.get(saga_id)
+        if context is None:
+            raise SagaNotFoundError(saga_id)
+        return context
+
+    async def _start(self, context: SagaContext[Any]) -> None:
+        # Validate before touching anything: bad data raises and nothing is written.
+        encode_value(context.data, "data")
+        now = self.clock.now()
+        saga = _saga_of(context)
+        context.status = SagaStatus.RUNNING
+        context.created_at = now
+        context.updated_at = now
+        if saga.timeout_minutes is not None:
+            context.deadline = now + timedelta(minutes=saga.timeout_minutes)
+        context.current_step_index = 0
+        pending = _Pending()
+        pending.add(SagaEventType.SAGA_STARTED)
+        self._begin_attempt(context, 0, pending, now)
+        await self._commit(context, pending)
+
+    def _reconcile_interrupted(self, context: SagaContext[Any]) -> None:
+        """Mark the attempt a dead process left in flight: it may have acted, and it counts."""
+        state = context.steps[context.current_step_index]
+        if context.status is SagaStatus.RUNNING and state.status is StepStatus.RUNNING:
+            state.effect_possible = True
+            state.error = f"interrupted: attempt {state.attempts} did not finish"
+            state.status = StepStatus.PENDING  # an attempt is due; counted in state.attempts
+            state.next_attempt_at = None
+        elif (
+            context.status is SagaStatus.COMPENSATING
+            and state.status is StepStatus.COMPENSATING
+            and state.next_attempt_at is None
+        ):
+            state.compensation_error = (
+                f"interrupted: compensation attempt {state.compensation_attempts} did not finish"
+            )
+            state.next_attempt_at = self.clock.now()  # due at once, as the next attempt
+
+    async def _drive(self, context: SagaContext[Any]) -> SagaResult[Any]:
+        while context.status is SagaStatus.RUNNING:
+            await self._advance_forward(context)
+        while context.status is SagaStatus.COMPENSATING:
+            await self._advance_compensation(context)
+        return SagaResult.from_context(context)
+
+    # ------------------------------------------------------------------ forward
+
+    async def _advance_forward(self, context: SagaContext[Any]) -> None:
+        """Run the current step until it completes or fails for good (both recorded)."""
+        index = context.current_step_index
+        state = context.steps[index]
+        step = _saga_of(context).steps[index]
+        policy = step.retry or self.default_retry
+        if state.status is StepStatus.PENDING:
+            # Resumed: either a backoff was in progress or an attempt was interrupted.
+            await self._sleep_until(state.next_attempt_at)
+            failure = self._check_can_attempt(context, step, state, policy)
+            if failure is not None:
+                await self._fail_step(context, index, failure)
+                return
+            pending = _Pending()
+            self._begin_attempt(context, index, pending, self.clock.now())
+            await self._commit(context, pending)
+        if state.status is StepStatus.COMPLETED:  # pragma: no cover - defensive
+            context.current_step_index = min(index + 1, len(context.steps) - 1)
+            return
+
+        outcome = await self._attempt(context, step, state)
+        if not isinstance(outcome, _Failure):
+            await self._complete_step(context, index)
+            return
+        state.error = outcome.text
+        state.effect_possible = state.effect_possible or outcome.effect_possible
+        can_retry = step.retriable or outcome.retryable
+        if can_retry:
+            nxt = self._check_can_attempt(context, step, state, policy)
+            if nxt is None:
+                await self._schedule_retry(context, index, policy, outcome)
+                return
+            if not step.retriable:
+                outcome = _Failure(
+                    error=outcome.error,
+                    text=f"{outcome.text} ({nxt.text})",
+                    retryable=False,
+                    effect_possible=outcome.effect_possible,
+                )
+        await self._fail_step(context, index, outcome)
+
+    def _check_can_attempt(
+        self, context: SagaContext[Any], step: SagaStep[Any], state: StepState, policy: RetryPolicy
+    ) -> _Failure | None:
+        """Why another attempt must not start (attempts used up, deadline passed), if so."""
+        if step.retriable:
+            return None  # after the pivot: forward recovery only
+        if state.attempts >= policy.max_attempts:
+            return _Failure(
+                error=SagaError("attempts exhausted"),
+                text=state.error or f"gave up after {state.attempts} attempts",
+                retryable=False,
+                effect_possible=state.effect_possible,
+            )
+        if context.deadline is not None and self.clock.now() >= context.deadline:
+            return _Failure(
+                error=TimeoutError("saga deadline exceeded"),
+                text=f"saga deadline {context.deadline.isoformat()} exceeded",
+                retryable=False,
+                effect_possible=state.effect_possible,
+            )
+        return None
+
+    def _begin_attempt(
+        self, context: SagaContext[Any], index: int, pending: _Pending, now: datetime
+    ) -> None:
+        state = context.steps[index]
+        state.status = StepStatus.RUNNING
+        state.attempts += 1
+        state.next_attempt_at = None
+        if state.started_at is None:
+            state.started_at = now
+        context.current_step_index = index
+        pending.add(SagaEventType.STEP_STARTED, step=state.name, attempt=state.attempts)
+
+    async def _complete_step(self, context: SagaContext[Any], index: int) -> None:
+        now = self.clock.now()
+        state = context.steps[index]
+        state.status = StepStatus.COMPLETED
+        state.completed_at = now
+        state.next_attempt_at = None
+        pending = _Pending()
+        pending.add(SagaEventType.STEP_COMPLETED, step=state.name, attempt=state.attempts)
+        nxt = index + 1
+        if nxt == len(context.steps):
+            context.status = SagaStatus.COMPLETED
+            context.error = None
+            pending.add(SagaEventType.SAGA_COMPLETED)
+        else:
+            step = _saga_of(context).steps[nxt]
+            deadline_passed = context.deadline is not None and now >= context.deadline
+            if deadline_passed and not step.retriable:
+                assert context.deadline is not None
+                context.current_step_index = nxt
+                self._enter_compensation(
+                    context,
+                    nxt,
+                    f"{step.name}: saga deadline {context.deadline.isoformat()} exceeded",
+                    pending,
+                )
+            else:
+                self._begin_attempt(context, nxt, pending, now)
+        await self._commit(context, pending)
+
+    async def _schedule_retry(
+        self, context: SagaContext[Any], index: int, policy: RetryPolicy, failure: _Failure
+    ) -> None:
+        state = context.steps[index]
+        delay = policy.backoff_seconds(state.attempts)
+        state.status = StepStatus.PENDING
+        state.next_attempt_at = self.clock.now() + timedelta(seconds=delay)
+        pending = _Pending()
+        pending.add(
+            SagaEventType.STEP_FAILED,
+            step=state.name,
+            attempt=state.attempts,
+            error=failure.text,
+            will_retry=True,
+        )
+        await self._commit(context, pending)
+
+    async def _fail_step(self, context: SagaContext[Any], index: int, failure: _Failure) -> None:
+        state = context.steps[index]
+        state.status = StepStatus.FAILED
+        state.error = failure.text
+        state.effect_possible = state.effect_possible or failure.effect_possible
+        state.next_attempt_at = None
+        pending = _Pending()
+        pending.add(
+            SagaEventType.STEP_FAILED,
+            step=state.name,
+            attempt=state.attempts,
+            error=failure.text,
+        )
+        self._enter_compensation(context, index, f"{state.name}: {failure.text}", pending)
+        await self._commit(context, pending)
+
+    def _enter_compensation(
+        self, context: SagaContext[Any], index: int, error: str, pending: _Pending
+    ) -> None:
+        context.status = SagaStatus.COMPENSATING
+        context.error = error
+        pending.add(SagaEventType.COMPENSATION_STARTED, error=error)
+        if not self._begin_next_compensation(context, index, pending):
+            self._finish_compensation(context, pending)
+
+    # ------------------------------------------------------------------ backward
+
+    def _begin_next_compensation(
+        self, context: SagaContext[Any], start: int, pending: _Pending, *, reset: bool = False
+    ) -> bool:
+        """Mark the next step at or before ``start`` that needs undoing; False if none."""
+        steps = _saga_of(context).steps
+        now = self.clock.now()
+        for index in range(start, -1, -1):
+            state = context.steps[index]
+            if not state.needs_compensation:
+                continue
+            if steps[index].compensation is None or steps[index].retriable:
+                continue  # nothing to undo, by declaration
+            if reset:
+                state.compensation_attempts = 0
+            state.status = StepStatus.COMPENSATING
+            state.compensation_attempts += 1
+            state.next_attempt_at = None
+            if state.compensation_started_at is None:
+                state.compensation_started_at = now
+            context.current_step_index = index
+            return True
+        return False
+
+    def _finish_compensation(self, context: SagaContext[Any], pending: _Pending) -> None:
+        context.status = SagaStatus.COMPENSATED
+        pending.add(SagaEventType.SAGA_COMPENSATED, error=context.error)
+
+    async def _advance_compensation(self, context: SagaContext[Any]) -> None:
+        index = context.current_step_index
+        state = context.steps[index]
+        step = _saga_of(context).steps[index]
+        policy = step.compensation_retry or self.default_compensation_retry
+        if state.next_attempt_at is not None:
+            # Waiting out a backoff, or resuming after an interrupted attempt.
+            await self._sleep_until(state.next_attempt_at)
+            pending = _Pending()
+            state.next_attempt_at = None
+            if state.compensation_attempts >= policy.max_attempts:
+                self._give_up_compensation(context, state, state.compensation_error, pending)
+                await self._commit(context, pending)
+                return
+            state.compensation_attempts += 1
+            await self._commit(context, pending)
+        # A compensation and the write recording it are not abandoned half-way.
+        with anyio.CancelScope(shield=True):
+            assert step.compensation is not None
+            failure = await self._call_guarded(
+                context, step, Phase.COMPENSATION, state.compensation_attempts, step.compensation
+            )
+            pending = _Pending()
+            if failure is None:
+                state.status = StepStatus.COMPENSATED
+                state.compensated_at = self.clock.now()
+                state.compensation_error = None
+                pending.add(
+                    SagaEventType.STEP_COMPENSATED,
+                    step=state.name,
+                    attempt=state.compensation_attempts,
+                )
+                if not self._begin_next_compensation(context, index - 1, pending):
+                    self._finish_compensation(context, pending)
+            else:
+                state.compensation_error = failure.text
+                will_retry = state.compensation_attempts < policy.max_attempts
+                pending.add(
+                    SagaEventType.STEP_COMPENSATION_FAILED,
+                    step=state.name,
+                    attempt=state.compensation_attempts,
+                    error=failure.text,
+                    will_retry=will_retry,
+                )
+                if will_retry:
+                    delay = policy.backoff_seconds(state.compensation_attempts)
+                    state.next_attempt_at = self.clock.now() + timedelta(seconds=delay)
+                else:
+                    self._give_up_compensation(context, state, failure.text, pending)
+            await self._commit(context, pending)
+
+    def _give_up_compensation(
+        self, context: SagaContext[Any], state: StepState, error: str | None, pending: _Pending
+    ) -> None:
+        """The saga stops, FAILED, with the compensations still owed left as they are."""
+        state.status = StepStatus.COMPENSATION_FAILED
+        context.status = SagaStatus.FAILED
+        context.error = (
+            f"{context.error}; compensating {state.name} failed after "
+            f"{state.compensation_attempts} attempts: {error}"
+        )
+        pending.add(SagaEventType.SAGA_FAILED, step=state.name, error=context.error)
+
+    # ------------------------------------------------------------------ calling user code
+
+    async def _attempt(
+        self, context: SagaContext[Any], step: SagaStep[Any], state: StepState
+    ) -> _Failure | None:
+        """One attempt of a forward step, idempotency replay included; result applied."""
+        store = self.idempotency_store
+        key = context.idempotency_key(step.name)
+        if store is not None:
+            cached = await store.get(key)
+            if cached is not None:
+                self._apply_result(context, step.name, loads(cached))
+                return None
+        result_box: list[Any] = []
+
+        async def action(data: Any) -> None:
+            result_box.append(await step.action(data))
+
+        failure = await self._call_guarded(context, step, Phase.ACTION, state.attempts, action)
+        if failure is not None:
+            return failure
+        result = result_box[0]
+        try:
+            checked = self._check_result(context, step.name, result)
+            if store is not None:
+                stored = await store.put_if_absent(key, dumps(checked, f"{step.name} result"))
+                checked = loads(stored)
+            self._apply_result(context, step.name, checked)
+        except (InvalidStepResultError, SerializationError) as exc:
+            # The action ran, so its effect may exist: compensate it, do not retry it.
+            return _Failure(error=exc, text=_describe(exc), retryable=False, effect_possible=True)
+        return None
+
+    async def _call_guarded(
+        self,
+        context: SagaContext[Any],
+        step: SagaStep[Any],
+        phase: Phase,
+        attempt: int,
+        fn: Callable[[Any], Awaitable[Any]],
+    ) -> _Failure | None:
+        run = StepRun(
+            saga_id=context.saga_id,
+            saga_type=context.saga_type,
+            step=step.name,
+            phase=phase,
+            attempt=attempt,
+            idempotency_key=context.idempotency_key(
+                step.name, compensation=phase is Phase.COMPENSATION
+            ),
+        )
+        timeout = step.timeout_seconds if phase is Phase.ACTION else None
+        if phase is Phase.ACTION and context.deadline is not None and not step.retriable:
+            remaining = (context.deadline - self.clock.now()).total_seconds()
+            timeout = remaining if timeout is None else min(timeout, remaining)
+        call: Callable[[], Awaitable[Any]] = lambda: fn(context.data)  # noqa: E731
+        for interceptor in reversed(self.interceptors):
+            call = _wrap(interceptor, run, call)
+        policy = (step.retry or self.default_retry) if phase is Phase.ACTION else None
+        token = _current.set(run)
+        try:
+            if timeout is None:
+                await call()
+            else:
+                with anyio.fail_after(max(timeout, 0.0)):
+                    await call()
+        except Exception as exc:
+            retryable = policy.should_retry(exc) if policy is not None else True
+            if isinstance(exc, TimeoutError) and timeout is not None:
+                text = f"TimeoutError: no result within {timeout:g}s"
+            else:
+                text = _describe(exc)
+            logger.warning(
+                "saga.%s.failed: %s %s attempt %d: %s",
+                "step" if phase is Phase.ACTION else "compensation",
+                context.saga_type,
+                step.name,
+                attempt,
+                text,
+                extra={"saga_id": str(context.saga_id), "step": step.name},
+            )
+            # A business refusal means the step did not act; after a timeout or a transient
+            # error nobody knows, so the step counts as possibly done.
+            effect_possible = retryable or isinstance(exc, TimeoutError | ConnectionError)
+            return _Failure(
+                error=exc, text=text, retryable=retryable, effect_possible=effect_possible
+            )
+        finally:
+            _current.reset(token)
+        return None
+
+    def _check_result(self, context: SagaContext[Any], step: str, result: Any) -> dict[str, Any]:
+        if result is None:
+            return {}
+        if not isinstance(result, Mapping):
+            raise InvalidStepResultError(
+                f"step {step!r} returned {type(result).__name__}; "
+                "an action returns a dict of data fields to set, or None",
+                saga_id=context.saga_id,
+                step=step,
+            )
+        fields = getattr(type(context.data), "__dataclass_fields__", {})
+        checked: dict[str, Any] = {}
+        for key, value in result.items():
+            if key not in fields:
+                raise InvalidStepResultError(
+                    f"step {step!r} returned unknown field {key!r}; "
+                    f"{type(context.data).__name__} has {sorted(fields)}",
+                    saga_id=context.saga_id,
+                    step=step,
+                )
+            encode_value(value, f"{step} result[{key!r}]")
+            checked[key] = value
+        return checked
+
+    def _apply_result(
+        self, context: SagaContext[Any], step: str, result: Mapping[str, Any]
+    ) -> None:
+        checked = self._check_result(context, step, result)
+        for key, value in checked.items():
+            setattr(context.data, key, value)
+
+    # ------------------------------------------------------------------ spec helper
+
+    async def _execute_step(
+        self, context: SagaContext[Any], step: StepState | SagaStep[Any] | str
+    ) -> bool:
+        """Run one step's action with retries, outside of any recorded saga run.
+
+        Records the result in the idempotency store (so a later ``execute`` with the same
+        ``saga_id`` replays it instead of calling the action) and applies it to the data.
+        Returns whether the step succeeded. Used by tests to simulate partial execution.
+        """
+        saga = _saga_of(context)
+        name = step if isinstance(step, str) else step.name
+        index = next(i for i, s in enumerate(saga.steps) if s.name == name)
+        definition = saga.steps[index]
+        state = context.steps[index]
+        policy = definition.retry or self.default_retry
+        while True:
+            state.attempts += 1
+            state.status = StepStatus.RUNNING
+            failure = await self._attempt(context, definition, state)
+            if failure is None:
+                state.status = StepStatus.COMPLETED
+                return True
+            state.error = failure.text
+            if not failure.retryable or state.attempts >= policy.max_attempts:
+                state.status = StepStatus.FAILED
+                state.effect_possible = failure.effect_possible
+                return False
+            await self.clock.sleep(policy.backoff_seconds(state.attempts))
+
+    # ------------------------------------------------------------------ recording
+
+    async def _commit(self, context: SagaContext[Any], pending: _Pending) -> None:
+        now = self.clock.now()
+        context.updated_at = now
+        expected = context.version
+        first_sequence = context.event_sequence
+        events = [
+            SagaEvent(
+                saga_id=context.saga_id,
+                saga_type=context.saga_type,
+                correlation_id=context.correlation_id,
+                sequence=first_sequence + offset + 1,
+                occurred_at=now,
+                **item,
+            )
+            for offset, item in enumerate(pending.items)
+        ]
+        context.version = expected + 1
+        context.event_sequence = first_sequence + len(events)
+        try:
+            state = encode_context(context)
+            if expected == 0:
+                await self.repository.create(context, state, events)
+            else:
+                await self.repository.update(
+                    context, state, expected_version=expected, events=events
+                )
+        except BaseException:
+            context.version = expected
+            context.event_sequence = first_sequence
+            raise
+        await self._emit(events)
+
+    async def _emit(self, events: Sequence[SagaEvent]) -> None:
+        if not events:
+            return
+        for listener in self.listeners:
+            for event in events:
+                try:
+                    listener.on_event(event)
+                except Exception:  # a broken listener must not break sagas
+                    logger.exception("saga.listener.failed: %r", listener)
+        if self.event_publisher is not None:
+            try:
+                await self.event_publisher.publish(events)
+            except Exception:
+                # The transition is recorded; without an outbox the event is lost, loudly.
+                logger.exception(
+                    "saga.event.publish_failed: %d events of saga %s",
+                    len(events),
+                    events[0].saga_id,
+                )
+
+    async def _sleep_until(self, when: datetime | None) -> None:
+        if when is None:
+            return
+        delay = (when - self.clock.now()).total_seconds()
+        if delay > 0 and math.isfinite(delay):
+            await self.clock.sleep(delay)
+
+
+def _wrap(
+    interceptor: StepInterceptor, run: StepRun, inner: Callable[[], Awaitable[Any]]
+) -> Callable[[], Awaitable[Any]]:
+    return lambda: interceptor(run, inner)
+
+
+def _saga_of(context: SagaContext[T]) -> BaseSaga[T]:
+    saga = context._saga
+    if saga is None:
+        raise SagaStateError(
+            f"saga {context.saga_id} ({context.saga_type}) has no saga object attached; "
+            "rebuild it through the registry",
+            saga_id=context.saga_id,
+        )
+    return saga

@@ -1,0 +1,122 @@
+"""The pluggable parts: storage, idempotency, events, listeners, clock, step interceptors.
+
+Adapters implement these structurally (no inheritance needed). The in-memory and SQLite
+adapters in :mod:`saga_orchestrator.adapters` are the reference implementations; the contract
+tests in ``tests/`` run against every adapter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
+from uuid import UUID
+
+from .events import SagaEvent
+from .runtime import StepRun
+from .state import SagaContext, SagaStatus
+
+__all__ = [
+    "Clock",
+    "EventPublisher",
+    "IdempotencyStore",
+    "SagaListener",
+    "SagaRepository",
+    "StepInterceptor",
+]
+
+
+@runtime_checkable
+class SagaRepository(Protocol):
+    """Durable saga state, one record per saga, written with optimistic concurrency.
+
+    ``state`` arguments are the JSON documents of :func:`~saga_orchestrator.serialization.
+    encode_context`; the orchestrator serializes (and so validates) before calling, so a
+    value that cannot be stored never reaches the repository. ``events`` are the lifecycle
+    events of the transition: a repository with an outbox stores them in the same transaction;
+    others may ignore them. A repository may batch concurrent writes into one transaction
+    (group commit) as long as each call returns only once its write is durable.
+    """
+
+    async def create(
+        self, context: SagaContext[Any], state: str, events: Sequence[SagaEvent] = ()
+    ) -> None:
+        """Store a new saga at ``context.version`` (1). Raises SagaAlreadyExistsError."""
+        ...
+
+    async def update(
+        self,
+        context: SagaContext[Any],
+        state: str,
+        *,
+        expected_version: int,
+        events: Sequence[SagaEvent] = (),
+    ) -> None:
+        """Replace the saga's record if its stored version is ``expected_version``.
+
+        Raises SagaConflictError (and writes nothing) otherwise.
+        """
+        ...
+
+    async def get(self, saga_id: UUID) -> SagaContext[Any] | None:
+        """The stored saga, or ``None``."""
+        ...
+
+    async def get_by_correlation_id(self, correlation_id: str) -> SagaContext[Any] | None:
+        """The most recently created saga with this correlation id, or ``None``."""
+        ...
+
+    async def list_sagas(
+        self,
+        *,
+        statuses: Collection[SagaStatus] | None = None,
+        saga_type: str | None = None,
+        limit: int = 1000,
+    ) -> list[SagaContext[Any]]:
+        """Stored sagas, oldest first, filtered by status and type."""
+        ...
+
+
+@runtime_checkable
+class IdempotencyStore(Protocol):
+    """Results recorded under stable keys, so that work done once is replayed, not redone."""
+
+    async def get(self, key: str) -> str | None:
+        """The value stored under ``key``, or ``None``."""
+        ...
+
+    async def put_if_absent(self, key: str, value: str) -> str:
+        """Store ``value`` unless ``key`` has one already; return the value that is stored."""
+        ...
+
+
+@runtime_checkable
+class EventPublisher(Protocol):
+    """Receives lifecycle events after the transition that produced them is recorded."""
+
+    async def publish(self, events: Sequence[SagaEvent]) -> None: ...
+
+
+@runtime_checkable
+class SagaListener(Protocol):
+    """Observes every lifecycle event, synchronously (metrics, logs). Must not raise."""
+
+    def on_event(self, event: SagaEvent) -> None: ...
+
+
+@runtime_checkable
+class Clock(Protocol):
+    """Wall-clock time (aware UTC) and sleeping; injectable so that tests control backoff."""
+
+    def now(self) -> datetime: ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+class StepInterceptor(Protocol):
+    """Wraps every action and compensation call: tracing, fault injection, timing.
+
+    Call ``proceed()`` to run the wrapped call and return (or raise) what it does.
+    """
+
+    def __call__(self, run: StepRun, proceed: Callable[[], Awaitable[Any]]) -> Awaitable[Any]: ...

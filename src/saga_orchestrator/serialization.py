@@ -1,0 +1,274 @@
+"""Exact, self-describing JSON for saga data and state.
+
+Values round-trip exactly or are refused with :class:`SerializationError` before anything is
+written. Supported: ``None``, ``bool``, ``int``, finite ``float``, ``str``, ``Decimal`` (finite,
+as a string, so ``Decimal("0.10")`` keeps its exponent), ``UUID``, timezone-aware ``datetime``,
+``date``, ``timedelta``, ``bytes``, enums, dataclasses (nested), lists, tuples and dicts with
+string keys. Naive datetimes, sets, NaN and arbitrary objects are refused.
+
+Tagged values are JSON objects with one key starting with ``$``; dataclasses and enums are
+named by ``module:QualifiedName`` and imported again when read, so they must be defined at
+module level.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import importlib
+import json
+import math
+import sys
+from collections.abc import Mapping
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from enum import Enum
+from typing import Any
+from uuid import UUID
+
+from .errors import SerializationError
+from .state import SagaContext, SagaStatus, StepState, StepStatus
+
+__all__ = ["decode_context", "decode_value", "dumps", "encode_context", "encode_value", "loads"]
+
+FORMAT_VERSION = 1
+
+
+def _type_path(cls: type) -> str:
+    qualname = cls.__qualname__
+    if "<locals>" in qualname:
+        raise SerializationError(
+            f"{qualname} is defined inside a function and could not be rebuilt when read "
+            "back; define it at module level"
+        )
+    return f"{cls.__module__}:{qualname}"
+
+
+def _resolve(path: str) -> type:
+    module_name, _, qualname = path.partition(":")
+    try:
+        obj: Any = sys.modules.get(module_name) or importlib.import_module(module_name)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise SerializationError(f"stored type {path!r} cannot be imported: {exc}") from exc
+    if not isinstance(obj, type):
+        raise SerializationError(f"stored type {path!r} is not a class")
+    return obj
+
+
+def encode_value(value: Any, where: str = "value") -> Any:
+    """Turn ``value`` into JSON-compatible data, or raise naming the offending path."""
+    # Exact type checks first: bool is an int, IntEnum is an int, and so on.
+    if value is None or isinstance(value, str | bool):
+        return value
+    if isinstance(value, Enum):
+        return {"$enum": _type_path(type(value)), "v": encode_value(value.value, where)}
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise SerializationError(f"{where}: {value!r} is not a finite number")
+        return value
+    if isinstance(value, Decimal):
+        if not value.is_finite():
+            raise SerializationError(f"{where}: Decimal {value} is not a finite number")
+        return {"$decimal": str(value)}
+    if isinstance(value, UUID):
+        return {"$uuid": str(value)}
+    if isinstance(value, datetime):
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise SerializationError(
+                f"{where}: naive datetime {value.isoformat()} is ambiguous; "
+                "use a timezone-aware datetime (UTC)"
+            )
+        return {"$datetime": value.isoformat()}
+    if isinstance(value, date):
+        return {"$date": value.isoformat()}
+    if isinstance(value, timedelta):
+        return {"$timedelta": [value.days, value.seconds, value.microseconds]}
+    if isinstance(value, bytes):
+        return {"$bytes": base64.b64encode(value).decode("ascii")}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = {
+            f.name: encode_value(getattr(value, f.name), f"{where}.{f.name}")
+            for f in dataclasses.fields(value)
+        }
+        return {"$dataclass": _type_path(type(value)), "fields": fields}
+    if isinstance(value, list):
+        return [encode_value(item, f"{where}[{i}]") for i, item in enumerate(value)]
+    if isinstance(value, tuple):
+        return {"$tuple": [encode_value(item, f"{where}[{i}]") for i, item in enumerate(value)]}
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise SerializationError(
+                    f"{where}: dict key {key!r} is a {type(key).__name__}; only str keys are stored"
+                )
+            out[key] = encode_value(item, f"{where}[{key!r}]")
+        if any(key.startswith("$") for key in out):
+            return {"$dict": out}
+        return out
+    raise SerializationError(
+        f"{where}: {type(value).__name__} values cannot be stored exactly "
+        "(supported: None, bool, int, float, str, Decimal, UUID, aware datetime, date, "
+        "timedelta, bytes, enums, dataclasses, lists, tuples, dicts with str keys)"
+    )
+
+
+def decode_value(data: Any) -> Any:
+    """Inverse of :func:`encode_value`."""
+    if isinstance(data, list):
+        return [decode_value(item) for item in data]
+    if not isinstance(data, dict):
+        return data
+    # encode_value wraps plain dicts having "$" keys in {"$dict": ...}, so a "$" key is a tag.
+    for key in data:
+        if key.startswith("$"):
+            return _decode_tagged(key, data)
+    return {key: decode_value(item) for key, item in data.items()}
+
+
+def _decode_tagged(tag: str, data: dict[str, Any]) -> Any:
+    raw = data[tag]
+    match tag:
+        case "$decimal":
+            return Decimal(raw)
+        case "$uuid":
+            return UUID(raw)
+        case "$datetime":
+            return datetime.fromisoformat(raw)
+        case "$date":
+            return date.fromisoformat(raw)
+        case "$timedelta":
+            days, seconds, micros = raw
+            return timedelta(days=days, seconds=seconds, microseconds=micros)
+        case "$bytes":
+            return base64.b64decode(raw)
+        case "$tuple":
+            return tuple(decode_value(item) for item in raw)
+        case "$dict":
+            return {key: decode_value(item) for key, item in raw.items()}
+        case "$enum":
+            enum_cls = _resolve(raw)
+            return enum_cls(decode_value(data["v"]))
+        case "$dataclass":
+            cls = _resolve(raw)
+            if not dataclasses.is_dataclass(cls):
+                raise SerializationError(f"stored type {raw!r} is no longer a dataclass")
+            obj = object.__new__(cls)
+            stored = data["fields"]
+            for f in dataclasses.fields(cls):
+                if f.name in stored:
+                    object.__setattr__(obj, f.name, decode_value(stored[f.name]))
+                elif f.default is not dataclasses.MISSING:
+                    object.__setattr__(obj, f.name, f.default)
+                elif f.default_factory is not dataclasses.MISSING:
+                    object.__setattr__(obj, f.name, f.default_factory())
+                else:
+                    raise SerializationError(
+                        f"stored {raw} has no value for field {f.name!r}, which has no default"
+                    )
+            return obj
+    raise SerializationError(f"unknown tag {tag!r} in stored data")
+
+
+def dumps(value: Any, where: str = "value") -> str:
+    """Encode ``value`` to a JSON string (see :func:`encode_value`)."""
+    return json.dumps(encode_value(value, where), separators=(",", ":"), allow_nan=False)
+
+
+def loads(text: str) -> Any:
+    """Decode a JSON string written by :func:`dumps`."""
+    return decode_value(json.loads(text))
+
+
+def _dt(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _parse_dt(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value is not None else None
+
+
+def _encode_step(step: StepState) -> dict[str, Any]:
+    return {
+        "name": step.name,
+        "status": step.status.value,
+        "attempts": step.attempts,
+        "error": step.error,
+        "effect_possible": step.effect_possible,
+        "started_at": _dt(step.started_at),
+        "completed_at": _dt(step.completed_at),
+        "next_attempt_at": _dt(step.next_attempt_at),
+        "compensation_attempts": step.compensation_attempts,
+        "compensation_error": step.compensation_error,
+        "compensation_started_at": _dt(step.compensation_started_at),
+        "compensated_at": _dt(step.compensated_at),
+    }
+
+
+def _decode_step(raw: Mapping[str, Any]) -> StepState:
+    return StepState(
+        name=raw["name"],
+        status=StepStatus(raw["status"]),
+        attempts=raw["attempts"],
+        error=raw["error"],
+        effect_possible=raw["effect_possible"],
+        started_at=_parse_dt(raw["started_at"]),
+        completed_at=_parse_dt(raw["completed_at"]),
+        next_attempt_at=_parse_dt(raw["next_attempt_at"]),
+        compensation_attempts=raw["compensation_attempts"],
+        compensation_error=raw["compensation_error"],
+        compensation_started_at=_parse_dt(raw["compensation_started_at"]),
+        compensated_at=_parse_dt(raw["compensated_at"]),
+    )
+
+
+def encode_context(context: SagaContext[Any]) -> str:
+    """The whole context as one JSON document (the repositories' ``state`` column)."""
+    document = {
+        "format": FORMAT_VERSION,
+        "saga_id": str(context.saga_id),
+        "saga_type": context.saga_type,
+        "correlation_id": context.correlation_id,
+        "status": context.status.value,
+        "current_step_index": context.current_step_index,
+        "error": context.error,
+        "created_at": _dt(context.created_at),
+        "updated_at": _dt(context.updated_at),
+        "deadline": _dt(context.deadline),
+        "version": context.version,
+        "event_sequence": context.event_sequence,
+        "steps": [_encode_step(step) for step in context.steps],
+        "data": encode_value(context.data, "data"),
+    }
+    return json.dumps(document, separators=(",", ":"), allow_nan=False)
+
+
+def decode_context(text: str) -> SagaContext[Any]:
+    """Rebuild a context written by :func:`encode_context`."""
+    try:
+        document = json.loads(text)
+        if document.get("format") != FORMAT_VERSION:
+            raise SerializationError(f"unsupported state format {document.get('format')!r}")
+        return SagaContext(
+            saga_id=UUID(document["saga_id"]),
+            saga_type=document["saga_type"],
+            data=decode_value(document["data"]),
+            steps=[_decode_step(raw) for raw in document["steps"]],
+            correlation_id=document["correlation_id"],
+            status=SagaStatus(document["status"]),
+            current_step_index=document["current_step_index"],
+            error=document["error"],
+            created_at=_parse_dt(document["created_at"]),
+            updated_at=_parse_dt(document["updated_at"]),
+            deadline=_parse_dt(document["deadline"]),
+            version=document["version"],
+            event_sequence=document["event_sequence"],
+        )
+    except SerializationError:
+        raise
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SerializationError(f"stored saga state is malformed: {exc!r}") from exc

@@ -1,0 +1,177 @@
+"""The saga's recorded state: statuses, per-step records, the context and the result.
+
+``SagaContext`` is what the repository stores and what ``saga.context`` exposes. It is
+deliberately mutable: the orchestrator advances it in place and the spec's tests assign
+``saga.context.saga_id`` before executing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import TYPE_CHECKING, Generic, TypeVar
+from uuid import UUID
+
+if TYPE_CHECKING:
+    from .definitions import BaseSaga
+
+__all__ = ["SagaContext", "SagaResult", "SagaStatus", "StepState", "StepStatus"]
+
+T = TypeVar("T")
+
+
+class SagaStatus(StrEnum):
+    """Where a saga is in its life. The last three are terminal, except that an operator may
+    ``retry`` a ``FAILED`` saga."""
+
+    PENDING = "pending"  # built, not yet stored or started
+    RUNNING = "running"  # forward steps in progress
+    COMPENSATING = "compensating"  # a step failed; undoing the completed ones in reverse
+    COMPLETED = "completed"  # every step succeeded
+    COMPENSATED = "compensated"  # a step failed and every step that may have acted was undone
+    FAILED = "failed"  # a compensation kept failing: needs an operator (see retry)
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset({SagaStatus.COMPLETED, SagaStatus.COMPENSATED, SagaStatus.FAILED})
+ACTIVE_STATUSES = frozenset({SagaStatus.PENDING, SagaStatus.RUNNING, SagaStatus.COMPENSATING})
+
+
+class StepStatus(StrEnum):
+    """Where one step is."""
+
+    PENDING = "pending"  # not started
+    RUNNING = "running"  # an attempt is in flight (or was, when its process died)
+    COMPLETED = "completed"  # the action succeeded and its result was applied
+    FAILED = "failed"  # the action failed for good (see StepState.effect_possible)
+    COMPENSATING = "compensating"  # its compensation is in flight
+    COMPENSATED = "compensated"  # its compensation succeeded
+    COMPENSATION_FAILED = "compensation_failed"  # its compensation kept failing
+
+
+@dataclass(slots=True)
+class StepState:
+    """The record of one step of one saga."""
+
+    name: str
+    status: StepStatus = StepStatus.PENDING
+    attempts: int = 0
+    """Forward attempts started so far, the one in flight included."""
+    error: str | None = None
+    """The last forward error, as ``"ExceptionType: message"``."""
+    effect_possible: bool = False
+    """For a failed step: whether it may have acted anyway (it timed out, hit a transient
+    error or its process died), so that its compensation must run too."""
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    next_attempt_at: datetime | None = None
+    """When the next attempt is due, while the step waits out a retry backoff."""
+    compensation_attempts: int = 0
+    compensation_error: str | None = None
+    compensation_started_at: datetime | None = None
+    compensated_at: datetime | None = None
+
+    @property
+    def needs_compensation(self) -> bool:
+        """Whether this step may have acted and has not been undone yet."""
+        if self.status in (
+            StepStatus.COMPLETED,
+            StepStatus.COMPENSATING,
+            StepStatus.COMPENSATION_FAILED,
+        ):
+            return True
+        return self.status in (StepStatus.FAILED, StepStatus.RUNNING) and self.effect_possible
+
+    def copy(self) -> StepState:
+        return StepState(
+            name=self.name,
+            status=self.status,
+            attempts=self.attempts,
+            error=self.error,
+            effect_possible=self.effect_possible,
+            started_at=self.started_at,
+            completed_at=self.completed_at,
+            next_attempt_at=self.next_attempt_at,
+            compensation_attempts=self.compensation_attempts,
+            compensation_error=self.compensation_error,
+            compensation_started_at=self.compensation_started_at,
+            compensated_at=self.compensated_at,
+        )
+
+
+@dataclass(slots=True, eq=False)
+class SagaContext(Generic[T]):
+    """A saga's complete recorded state, as stored after every transition."""
+
+    saga_id: UUID
+    saga_type: str
+    data: T
+    steps: list[StepState]
+    correlation_id: str | None = None
+    status: SagaStatus = SagaStatus.PENDING
+    current_step_index: int = 0
+    """Index of the step being run, or compensated; stays on the last step once done."""
+    error: str | None = None
+    """Why the saga did not complete, as ``"step: ExceptionType: message"``."""
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    deadline: datetime | None = None
+    """Absolute time after which no forward step starts (from ``timeout_minutes``)."""
+    version: int = 0
+    """Stored version, for optimistic concurrency. 0 until first stored."""
+    event_sequence: int = 0
+    """Sequence number of the last lifecycle event this saga emitted."""
+    _saga: BaseSaga[T] | None = field(default=None, repr=False)
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status.is_terminal
+
+    def step(self, name: str) -> StepState:
+        """The record of the step called ``name``."""
+        for state in self.steps:
+            if state.name == name:
+                return state
+        raise KeyError(f"saga {self.saga_type!r} has no step {name!r}")
+
+    def idempotency_key(self, step: str, *, compensation: bool = False) -> str:
+        """A key, stable across attempts, restarts and processes, for ``step``'s side effect.
+
+        Pass it to the services a step calls so that they can deduplicate retried calls.
+        """
+        self.step(step)
+        suffix = ":compensate" if compensation else ""
+        return f"{self.saga_id}:{step}{suffix}"
+
+
+@dataclass(frozen=True, slots=True)
+class SagaResult(Generic[T]):
+    """What ``SagaOrchestrator.execute`` returns once the saga is terminal."""
+
+    saga_id: UUID
+    saga_type: str
+    status: SagaStatus
+    data: T
+    error: str | None
+    correlation_id: str | None
+    steps: tuple[StepState, ...]
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status is SagaStatus.COMPLETED
+
+    @classmethod
+    def from_context(cls, context: SagaContext[T]) -> SagaResult[T]:
+        return cls(
+            saga_id=context.saga_id,
+            saga_type=context.saga_type,
+            status=context.status,
+            data=context.data,
+            error=context.error,
+            correlation_id=context.correlation_id,
+            steps=tuple(s.copy() for s in context.steps),
+        )
