@@ -6,6 +6,7 @@ Every transition is recorded before the next action starts; a failed step makes 
 completed ones compensate in reverse order; ``recover()`` resumes sagas after a crash.
 """
 
+import logging
 from importlib.metadata import PackageNotFoundError, version
 
 from .adapters import (
@@ -31,6 +32,9 @@ from .registry import SagaRegistry
 from .retry import RetryPolicy
 from .runtime import StepRun, current_step
 from .state import SagaContext, SagaResult, SagaStatus, StepState, StepStatus
+
+# A library never configures logging; this only keeps Python's last-resort handler quiet.
+logging.getLogger("saga_orchestrator").addHandler(logging.NullHandler())
 
 try:
     __version__ = version("saga-orchestrator")
