@@ -56,3 +56,9 @@ def idempotency_store(backend: str, tmp_path: Path) -> IdempotencyStore:
 def event_publisher() -> InMemoryEventPublisher:
     """The spec's `event_publisher`: keeps every event in `.events`."""
     return InMemoryEventPublisher()
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """anyio tests run on both event loops: the core promises asyncio and trio alike."""
+    return str(request.param)

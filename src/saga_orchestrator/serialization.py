@@ -20,11 +20,12 @@ import json
 import math
 import sys
 from collections.abc import Mapping
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from enum import Enum
 from typing import Any
 from uuid import UUID
+from zoneinfo import ZoneInfo
 
 from .errors import SerializationError
 from .state import SagaContext, SagaStatus, StepState, StepStatus
@@ -60,10 +61,10 @@ def _resolve(path: str) -> type:
 def encode_value(value: Any, where: str = "value") -> Any:
     """Turn ``value`` into JSON-compatible data, or raise naming the offending path."""
     # Exact type checks first: bool is an int, IntEnum is an int, and so on.
+    if isinstance(value, Enum):  # before str and int: StrEnum and IntEnum are both
+        return {"$enum": _type_path(type(value)), "v": encode_value(value.value, where)}
     if value is None or isinstance(value, str | bool):
         return value
-    if isinstance(value, Enum):
-        return {"$enum": _type_path(type(value)), "v": encode_value(value.value, where)}
     if isinstance(value, int):
         return value
     if isinstance(value, float):
@@ -82,7 +83,17 @@ def encode_value(value: Any, where: str = "value") -> Any:
                 f"{where}: naive datetime {value.isoformat()} is ambiguous; "
                 "use a timezone-aware datetime (UTC)"
             )
-        return {"$datetime": value.isoformat()}
+        tagged: dict[str, Any] = {"$datetime": value.isoformat()}
+        if isinstance(value.tzinfo, ZoneInfo):
+            tagged["tz"] = value.tzinfo.key
+        elif not isinstance(value.tzinfo, timezone):
+            raise SerializationError(
+                f"{where}: tzinfo {value.tzinfo!r} cannot be stored exactly; "
+                "use datetime.UTC, a fixed datetime.timezone or a zoneinfo.ZoneInfo"
+            )
+        if value.fold:
+            tagged["fold"] = 1
+        return tagged
     if isinstance(value, date):
         return {"$date": value.isoformat()}
     if isinstance(value, timedelta):
@@ -138,7 +149,10 @@ def _decode_tagged(tag: str, data: dict[str, Any]) -> Any:
         case "$uuid":
             return UUID(raw)
         case "$datetime":
-            return datetime.fromisoformat(raw)
+            parsed = datetime.fromisoformat(raw)
+            if "tz" in data:
+                parsed = parsed.astimezone(ZoneInfo(data["tz"]))
+            return parsed.replace(fold=data.get("fold", 0))
         case "$date":
             return date.fromisoformat(raw)
         case "$timedelta":

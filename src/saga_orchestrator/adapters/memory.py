@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
+from anyio.lowlevel import checkpoint
+
 from ..errors import SagaAlreadyExistsError, SagaConflictError
 from ..events import SagaEvent
 from ..serialization import decode_context
@@ -41,6 +43,7 @@ class InMemorySagaRepository:
     async def create(
         self, context: SagaContext[Any], state: str, events: Sequence[SagaEvent] = ()
     ) -> None:
+        await checkpoint()  # like any real store, let other tasks run
         if context.saga_id in self._rows:
             raise SagaAlreadyExistsError(context.saga_id)
         self._counter += 1
@@ -62,6 +65,7 @@ class InMemorySagaRepository:
         expected_version: int,
         events: Sequence[SagaEvent] = (),
     ) -> None:
+        await checkpoint()  # like any real store, let other tasks run
         row = self._rows.get(context.saga_id)
         if row is None or row.version != expected_version:
             raise SagaConflictError(context.saga_id, expected_version)
@@ -71,10 +75,12 @@ class InMemorySagaRepository:
         self.writes += 1
 
     async def get(self, saga_id: UUID) -> SagaContext[Any] | None:
+        await checkpoint()  # like any real store, let other tasks run
         row = self._rows.get(saga_id)
         return decode_context(row.state) if row is not None else None
 
     async def get_by_correlation_id(self, correlation_id: str) -> SagaContext[Any] | None:
+        await checkpoint()  # like any real store, let other tasks run
         latest: _Row | None = None
         for row in self._rows.values():
             if row.correlation_id == correlation_id and (
@@ -90,6 +96,7 @@ class InMemorySagaRepository:
         saga_type: str | None = None,
         limit: int = 1000,
     ) -> list[SagaContext[Any]]:
+        await checkpoint()  # like any real store, let other tasks run
         rows = sorted(self._rows.values(), key=lambda row: row.order)
         selected = [
             row
@@ -107,9 +114,11 @@ class InMemoryIdempotencyStore:
         self._values: dict[str, str] = {}
 
     async def get(self, key: str) -> str | None:
+        await checkpoint()  # like any real store, let other tasks run
         return self._values.get(key)
 
     async def put_if_absent(self, key: str, value: str) -> str:
+        await checkpoint()  # like any real store, let other tasks run
         return self._values.setdefault(key, value)
 
 
@@ -120,6 +129,7 @@ class InMemoryEventPublisher:
         self.events: list[SagaEvent] = []
 
     async def publish(self, events: Sequence[SagaEvent]) -> None:
+        await checkpoint()  # like any real store, let other tasks run
         self.events.extend(events)
 
     def for_saga(self, saga_id: UUID) -> list[SagaEvent]:
