@@ -1,0 +1,117 @@
+"""SQLite specifics: migrations, several processes on one file, group commit, durability."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import anyio
+import pytest
+
+from saga_orchestrator import SagaOrchestrator, SagaStatus, SerializationError, SQLiteSagaRepository
+from tests.sagas import TripData, TripSaga
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.anyio
+
+
+def _spawn(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+async def test_fresh_file_gets_the_current_schema(tmp_path: Path) -> None:
+    """Migrating from empty applies every migration once and records it."""
+    path = tmp_path / "fresh.db"
+    async with SQLiteSagaRepository(path):
+        pass
+    async with SQLiteSagaRepository(path):  # reopening migrates nothing more
+        pass
+    with sqlite3.connect(path) as db:
+        versions = db.execute("SELECT version, name FROM saga_schema_migrations").fetchall()
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+        journal = db.execute("PRAGMA journal_mode").fetchone()[0]
+    assert versions == [(1, "0001_initial.sql")]
+    assert {"sagas", "idempotency_keys", "sagas_active"} <= tables
+    assert journal == "wal"
+
+
+@pytest.mark.slow
+def test_processes_starting_together_migrate_once(tmp_path: Path) -> None:
+    """Several processes opening a new file at once: no error, one migration row."""
+    path = tmp_path / "together.db"
+    code = (
+        "import anyio, sys; from saga_orchestrator import SQLiteSagaRepository as R\n"
+        "async def main():\n"
+        "    async with R(sys.argv[1]): pass\n"
+        "anyio.run(main)"
+    )
+    children = [_spawn("-c", code, str(path)) for _ in range(6)]
+    for child in children:
+        _, err = child.communicate(timeout=60)
+        assert child.returncode == 0, err
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT count(*) FROM saga_schema_migrations").fetchone()[0] == 1
+
+
+@pytest.mark.slow
+def test_several_processes_share_one_file(tmp_path: Path) -> None:
+    """Three processes running sagas concurrently on one file: all complete, none errors."""
+    path = tmp_path / "shared.db"
+    children = [_spawn("-m", "tests.sqlite_worker", str(path), "40", "16") for _ in range(3)]
+    reports = []
+    for child in children:
+        out, err = child.communicate(timeout=120)
+        assert child.returncode == 0, err
+        reports.append(json.loads(out.strip().splitlines()[-1]))
+    assert [r["errors"] for r in reports] == [[], [], []]
+    assert sum(r["completed"] for r in reports) == 120
+    with sqlite3.connect(path) as db:
+        statuses = db.execute("SELECT status, count(*) FROM sagas GROUP BY status").fetchall()
+    assert statuses == [("completed", 120)]
+
+
+async def test_concurrent_sagas_share_transactions(tmp_path: Path) -> None:
+    """Group commit: 64 sagas in flight need far fewer transactions than writes."""
+    async with SQLiteSagaRepository(tmp_path / "group.db") as repo:
+        orchestrator = SagaOrchestrator(repo)
+        async with anyio.create_task_group() as tg:
+            for _ in range(64):
+                tg.start_soon(orchestrator.execute, TripSaga(TripData()))
+        writes = 64 * 4  # start + one per step boundary
+        assert repo.transactions < writes / 2
+        done = await repo.list_sagas(statuses=[SagaStatus.COMPLETED], limit=100)
+        assert len(done) == 64
+
+
+async def test_state_survives_reopening(tmp_path: Path) -> None:
+    """What one repository object wrote, a new one (a new process) reads back exactly."""
+    path = tmp_path / "durable.db"
+    async with SQLiteSagaRepository(path) as repo:
+        result = await SagaOrchestrator(repo).execute(TripSaga(TripData()))
+    async with SQLiteSagaRepository(path) as reopened:
+        stored = await reopened.get(result.saga_id)
+    assert stored is not None
+    assert stored.status is SagaStatus.COMPLETED
+    assert stored.data == result.data
+    assert [s.status for s in stored.steps] == [s.status for s in result.steps]
+
+
+async def test_malformed_stored_row_is_a_clear_error(tmp_path: Path) -> None:
+    """A row that cannot be decoded raises SerializationError, not a KeyError."""
+    path = tmp_path / "bad.db"
+    async with SQLiteSagaRepository(path) as repo:
+        result = await SagaOrchestrator(repo).execute(TripSaga(TripData()))
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE sagas SET state = '{\"format\": 1}'")
+    async with SQLiteSagaRepository(path) as repo:
+        with pytest.raises(SerializationError, match="malformed"):
+            await repo.get(result.saga_id)
