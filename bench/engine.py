@@ -424,9 +424,7 @@ COLUMNS = (
 def render_table(rows: list[dict[str, Any]]) -> str:
     cells = [[title for _, title, _, _ in COLUMNS]]
     for row in rows:
-        cells.append(
-            [fmt.format(row[key]) if key in row else "-" for key, _, _, fmt in COLUMNS]
-        )
+        cells.append([fmt.format(row[key]) if key in row else "-" for key, _, _, fmt in COLUMNS])
     widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
     lines = []
     for n, line in enumerate(cells):
@@ -457,7 +455,11 @@ def ratios(rows: list[dict[str, Any]], concurrency: int) -> dict[str, float]:
                 f"{adapter}/seq/{path}",
             )
     for mode in ("seq", str(concurrency)):
-        ratio(f"memory / sqlite-full, {mode} happy", f"memory/{mode}/happy", f"sqlite-full/{mode}/happy")
+        ratio(
+            f"memory / sqlite-full, {mode} happy",
+            f"memory/{mode}/happy",
+            f"sqlite-full/{mode}/happy",
+        )
         ratio(
             f"sqlite-normal / sqlite-full, {mode} happy",
             f"sqlite-normal/{mode}/happy",
@@ -514,14 +516,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--sagas",
         type=int,
         default=None,
-        help="sagas measured per scenario and repeat (default: 600, or 150 with --quick)",
+        help="sagas measured per scenario and repeat (default: 600, or 250 with --quick)",
     )
     parser.add_argument(
         "--repeats",
         type=int,
         default=None,
         help="measured repeats per scenario, interleaved; the median is reported "
-        "(default: 3, or 1 with --quick)",
+        "(default: 5, or 2 with --quick)",
     )
     parser.add_argument(
         "--warmup",
@@ -553,9 +555,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     if args.sagas is None:
-        args.sagas = 150 if args.quick else 600
+        args.sagas = 250 if args.quick else 600
     if args.repeats is None:
-        args.repeats = 1 if args.quick else 3
+        args.repeats = 2 if args.quick else 5
     if args.warmup is None:
         args.warmup = max(args.sagas // 10, 20)
     if args.sagas < 1 or args.repeats < 1 or args.warmup < 0 or args.concurrency < 2:
@@ -634,6 +636,7 @@ def main(argv: list[str] | None = None) -> int:
             f"per scenario, warm-up {args.warmup}, {args.concurrency} in flight; "
             f"{info['cpu_count']} CPUs, Python {info['python']}, SQLite {info['sqlite']}",
             file=sys.stderr,
+            flush=True,
         )
         started = time.perf_counter()
         rows = anyio.run(run_matrix, args, workdir)
@@ -654,7 +657,7 @@ def main(argv: list[str] | None = None) -> int:
         *(f"  {name:<48} {value:6.2f}x" for name, value in found.items()),
     ]
     text = "\n".join(lines) + "\n"
-    print(text, end="")
+    print(text, end="", flush=True)
     print(f"(benchmark took {elapsed:.1f} s)", file=sys.stderr)
 
     if not args.no_save:
