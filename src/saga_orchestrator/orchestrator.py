@@ -102,6 +102,7 @@ class SagaOrchestrator:
         if recovery_concurrency < 1:
             raise ValueError("recovery_concurrency must be >= 1")
         self.recovery_concurrency = recovery_concurrency
+        self._repository_stores_events = bool(getattr(repository, "stores_events", False))
 
     # ------------------------------------------------------------------ public API
 
@@ -214,10 +215,9 @@ class SagaOrchestrator:
         return context
 
     async def _start(self, context: SagaContext[Any]) -> None:
-        # Validate before touching anything: bad data raises and nothing is written.
-        encode_value(context.data, "data")
         now = self.clock.now()
         saga = _saga_of(context)
+        as_built = (context.created_at, context.updated_at, context.steps[0].copy())
         context.status = SagaStatus.RUNNING
         context.created_at = now
         context.updated_at = now
@@ -227,7 +227,14 @@ class SagaOrchestrator:
         pending = _Pending()
         pending.add(SagaEventType.SAGA_STARTED)
         self._begin_attempt(context, 0, pending, now)
-        await self._commit(context, pending)
+        try:
+            await self._commit(context, pending)
+        except SerializationError:
+            # Bad input: nothing was written, and the saga is left as it was built.
+            context.status = SagaStatus.PENDING
+            context.created_at, context.updated_at, context.steps[0] = as_built
+            context.deadline = None
+            raise
 
     def _reconcile_interrupted(self, context: SagaContext[Any]) -> None:
         """Mark the attempt a dead process left in flight: it may have acted, and it counts."""
@@ -505,7 +512,7 @@ class SagaOrchestrator:
         if store is not None:
             cached = await store.get(key)
             if cached is not None:
-                self._apply_result(context, step.name, loads(cached))
+                _apply(context, self._check_result(context, step.name, loads(cached)))
                 return None
         result_box: list[Any] = []
 
@@ -519,9 +526,11 @@ class SagaOrchestrator:
         try:
             checked = self._check_result(context, step.name, result)
             if store is not None:
-                stored = await store.put_if_absent(key, dumps(checked, f"{step.name} result"))
-                checked = loads(stored)
-            self._apply_result(context, step.name, checked)
+                encoded = dumps(checked, f"{step.name} result")
+                stored = await store.put_if_absent(key, encoded)
+                if stored != encoded:  # another run recorded this step first: theirs stands
+                    checked = self._check_result(context, step.name, loads(stored))
+            _apply(context, checked)
         except (InvalidStepResultError, SerializationError) as exc:
             # The action ran, so its effect may exist: compensate it, do not retry it.
             return _Failure(error=exc, text=_describe(exc), retryable=False, effect_possible=True)
@@ -609,13 +618,6 @@ class SagaOrchestrator:
             checked[key] = value
         return checked
 
-    def _apply_result(
-        self, context: SagaContext[Any], step: str, result: Mapping[str, Any]
-    ) -> None:
-        checked = self._check_result(context, step, result)
-        for key, value in checked.items():
-            setattr(context.data, key, value)
-
     # ------------------------------------------------------------------ spec helper
 
     async def _execute_step(
@@ -654,19 +656,23 @@ class SagaOrchestrator:
         context.updated_at = now
         expected = context.version
         first_sequence = context.event_sequence
-        events = [
-            SagaEvent(
-                saga_id=context.saga_id,
-                saga_type=context.saga_type,
-                correlation_id=context.correlation_id,
-                sequence=first_sequence + offset + 1,
-                occurred_at=now,
-                **item,
-            )
-            for offset, item in enumerate(pending.items)
-        ]
+        # Sequence numbers always advance; the event objects are built only when someone
+        # consumes them (a listener, a publisher, or a repository with an outbox).
+        events: list[SagaEvent] = []
+        if self.listeners or self.event_publisher is not None or self._repository_stores_events:
+            events = [
+                SagaEvent(
+                    saga_id=context.saga_id,
+                    saga_type=context.saga_type,
+                    correlation_id=context.correlation_id,
+                    sequence=first_sequence + offset + 1,
+                    occurred_at=now,
+                    **item,
+                )
+                for offset, item in enumerate(pending.items)
+            ]
         context.version = expected + 1
-        context.event_sequence = first_sequence + len(events)
+        context.event_sequence = first_sequence + len(pending.items)
         try:
             state = encode_context(context)
             if expected == 0:
@@ -707,6 +713,11 @@ class SagaOrchestrator:
         delay = (when - self.clock.now()).total_seconds()
         if delay > 0 and math.isfinite(delay):
             await self.clock.sleep(delay)
+
+
+def _apply(context: SagaContext[Any], checked: Mapping[str, Any]) -> None:
+    for key, value in checked.items():
+        setattr(context.data, key, value)
 
 
 def _wrap(

@@ -33,9 +33,11 @@ class SagaRepository(Protocol):
     ``state`` arguments are the JSON documents of :func:`~saga_orchestrator.serialization.
     encode_context`; the orchestrator serializes (and so validates) before calling, so a
     value that cannot be stored never reaches the repository. ``events`` are the lifecycle
-    events of the transition: a repository with an outbox stores them in the same transaction;
-    others may ignore them. A repository may batch concurrent writes into one transaction
-    (group commit) as long as each call returns only once its write is durable.
+    events of the transition: a repository with an outbox stores them in the same transaction
+    and sets a class attribute ``stores_events = True`` (without it, and with no listener or
+    publisher, the orchestrator does not build event objects at all). A repository may batch
+    concurrent writes into one transaction (group commit) as long as each call returns only
+    once its write is durable.
     """
 
     async def create(

@@ -19,7 +19,7 @@ import importlib
 import json
 import math
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from enum import Enum
@@ -35,14 +35,38 @@ __all__ = ["decode_context", "decode_value", "dumps", "encode_context", "encode_
 FORMAT_VERSION = 1
 
 
+class _Refused(Exception):
+    """Raised deep in the encoder; the path to the value is collected while unwinding, so
+    the happy path never builds path strings."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.path: list[str] = []
+
+
+_TYPE_PATHS: dict[type, str] = {}
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
 def _type_path(cls: type) -> str:
-    qualname = cls.__qualname__
-    if "<locals>" in qualname:
-        raise SerializationError(
-            f"{qualname} is defined inside a function and could not be rebuilt when read "
-            "back; define it at module level"
-        )
-    return f"{cls.__module__}:{qualname}"
+    path = _TYPE_PATHS.get(cls)
+    if path is None:
+        qualname = cls.__qualname__
+        if "<locals>" in qualname:
+            raise _Refused(
+                f"{qualname} is defined inside a function and could not be rebuilt when read "
+                "back; define it at module level"
+            )
+        path = _TYPE_PATHS[cls] = f"{cls.__module__}:{qualname}"
+    return path
+
+
+def _field_names(cls: type) -> tuple[str, ...]:
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    return names
 
 
 def _resolve(path: str) -> type:
@@ -60,69 +84,120 @@ def _resolve(path: str) -> type:
 
 def encode_value(value: Any, where: str = "value") -> Any:
     """Turn ``value`` into JSON-compatible data, or raise naming the offending path."""
-    # Exact type checks first: bool is an int, IntEnum is an int, and so on.
-    if isinstance(value, Enum):  # before str and int: StrEnum and IntEnum are both
-        return {"$enum": _type_path(type(value)), "v": encode_value(value.value, where)}
-    if value is None or isinstance(value, str | bool):
-        return value
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise SerializationError(f"{where}: {value!r} is not a finite number")
-        return value
-    if isinstance(value, Decimal):
-        if not value.is_finite():
-            raise SerializationError(f"{where}: Decimal {value} is not a finite number")
-        return {"$decimal": str(value)}
-    if isinstance(value, UUID):
-        return {"$uuid": str(value)}
-    if isinstance(value, datetime):
-        if value.tzinfo is None or value.utcoffset() is None:
-            raise SerializationError(
-                f"{where}: naive datetime {value.isoformat()} is ambiguous; "
-                "use a timezone-aware datetime (UTC)"
-            )
-        tagged: dict[str, Any] = {"$datetime": value.isoformat()}
-        if isinstance(value.tzinfo, ZoneInfo):
-            tagged["tz"] = value.tzinfo.key
-        elif not isinstance(value.tzinfo, timezone):
-            raise SerializationError(
-                f"{where}: tzinfo {value.tzinfo!r} cannot be stored exactly; "
-                "use datetime.UTC, a fixed datetime.timezone or a zoneinfo.ZoneInfo"
-            )
-        if value.fold:
-            tagged["fold"] = 1
-        return tagged
-    if isinstance(value, date):
-        return {"$date": value.isoformat()}
-    if isinstance(value, timedelta):
-        return {"$timedelta": [value.days, value.seconds, value.microseconds]}
-    if isinstance(value, bytes):
-        return {"$bytes": base64.b64encode(value).decode("ascii")}
+    try:
+        return _encode(value)
+    except _Refused as exc:
+        path = "".join(reversed(exc.path))
+        raise SerializationError(f"{where}{path}: {exc.reason}") from None
+
+
+def _encode(value: Any) -> Any:
+    # Dispatch on the exact type: a subclass (a str subclass, an IntEnum) would not read
+    # back as itself, so it goes through the slower checks below.
+    encoder = _ENCODERS.get(type(value))
+    if encoder is not None:
+        return encoder(value)
+    return _encode_other(value)
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _float(value: float) -> float:
+    if not math.isfinite(value):
+        raise _Refused(f"{value!r} is not a finite number")
+    return value
+
+
+def _decimal(value: Decimal) -> dict[str, str]:
+    if not value.is_finite():
+        raise _Refused(f"Decimal {value} is not a finite number")
+    return {"$decimal": str(value)}
+
+
+def _datetime(value: datetime) -> dict[str, Any]:
+    tzinfo = value.tzinfo
+    if tzinfo is None or value.utcoffset() is None:
+        raise _Refused(
+            f"naive datetime {value.isoformat()} is ambiguous; use a timezone-aware datetime (UTC)"
+        )
+    tagged: dict[str, Any] = {"$datetime": value.isoformat()}
+    if isinstance(tzinfo, ZoneInfo):
+        tagged["tz"] = tzinfo.key
+    elif not isinstance(tzinfo, timezone):
+        raise _Refused(
+            f"tzinfo {tzinfo!r} cannot be stored exactly; "
+            "use datetime.UTC, a fixed datetime.timezone or a zoneinfo.ZoneInfo"
+        )
+    if value.fold:
+        tagged["fold"] = 1
+    return tagged
+
+
+def _list(value: list[Any]) -> list[Any]:
+    out = []
+    for index, item in enumerate(value):
+        try:
+            out.append(_encode(item))
+        except _Refused as exc:
+            exc.path.append(f"[{index}]")
+            raise
+    return out
+
+
+def _tuple(value: tuple[Any, ...]) -> dict[str, Any]:
+    return {"$tuple": _list(list(value))}
+
+
+def _dict(value: dict[Any, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    escaped = False
+    for key, item in value.items():
+        if type(key) is not str:
+            raise _Refused(f"dict key {key!r} is a {type(key).__name__}; only str keys are stored")
+        try:
+            out[key] = _encode(item)
+        except _Refused as exc:
+            exc.path.append(f"[{key!r}]")
+            raise
+        escaped = escaped or key.startswith("$")
+    return {"$dict": out} if escaped else out
+
+
+_ENCODERS: dict[type, Callable[[Any], Any]] = {
+    str: _same,
+    int: _same,
+    bool: _same,
+    type(None): _same,
+    float: _float,
+    Decimal: _decimal,
+    UUID: lambda v: {"$uuid": str(v)},
+    datetime: _datetime,
+    date: lambda v: {"$date": v.isoformat()},
+    timedelta: lambda v: {"$timedelta": [v.days, v.seconds, v.microseconds]},
+    bytes: lambda v: {"$bytes": base64.b64encode(v).decode("ascii")},
+    list: _list,
+    tuple: _tuple,
+    dict: _dict,
+}
+
+
+def _encode_other(value: Any) -> Any:
+    cls = type(value)
+    if isinstance(value, Enum):
+        return {"$enum": _type_path(cls), "v": _encode(value.value)}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        fields = {
-            f.name: encode_value(getattr(value, f.name), f"{where}.{f.name}")
-            for f in dataclasses.fields(value)
-        }
-        return {"$dataclass": _type_path(type(value)), "fields": fields}
-    if isinstance(value, list):
-        return [encode_value(item, f"{where}[{i}]") for i, item in enumerate(value)]
-    if isinstance(value, tuple):
-        return {"$tuple": [encode_value(item, f"{where}[{i}]") for i, item in enumerate(value)]}
-    if isinstance(value, dict):
-        out: dict[str, Any] = {}
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise SerializationError(
-                    f"{where}: dict key {key!r} is a {type(key).__name__}; only str keys are stored"
-                )
-            out[key] = encode_value(item, f"{where}[{key!r}]")
-        if any(key.startswith("$") for key in out):
-            return {"$dict": out}
-        return out
-    raise SerializationError(
-        f"{where}: {type(value).__name__} values cannot be stored exactly "
+        fields: dict[str, Any] = {}
+        for name in _field_names(cls):
+            try:
+                fields[name] = _encode(getattr(value, name))
+            except _Refused as exc:
+                exc.path.append(f".{name}")
+                raise
+        return {"$dataclass": _type_path(cls), "fields": fields}
+    raise _Refused(
+        f"{cls.__name__} values cannot be stored exactly "
         "(supported: None, bool, int, float, str, Decimal, UUID, aware datetime, date, "
         "timedelta, bytes, enums, dataclasses, lists, tuples, dicts with str keys)"
     )
