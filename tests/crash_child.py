@@ -77,6 +77,8 @@ class CrashData:
     ``drifting`` (runs freely; the kill hits it wherever it is)."""
     fail_step: int | None = None
     """This step's action refuses (a non-retryable business error), so the saga compensates."""
+    fail_from_attempt: int = 1
+    """The first attempt of ``fail_step`` that refuses."""
     flaky_step: int | None = None
     """This step's action fails with a retryable ``ConnectionError`` on its first attempt."""
     hold_step: int | None = None
@@ -95,43 +97,40 @@ class RefusedError(Exception):
 
 
 def plans(mode: str) -> list[CrashData]:
-    """The sagas one ``run`` starts: 4 held at ``mode``'s point, 2 settled, 4 drifting."""
+    """The sagas one ``run`` starts: 4 or 5 held at ``mode``'s point, 2 settled, 4 drifting."""
     phase, where = MODES[mode]
+    hold: dict[str, Any] = {"role": "held", "hold_phase": phase, "hold_where": where}
+    held: list[dict[str, Any]]
     if phase == "action":
+        flaky = where == "backoff"
         held = [
-            CrashData(
-                index=k,
-                role="held",
-                hold_step=k,
-                hold_phase=phase,
-                hold_where=where,
-                flaky_step=k if where == "backoff" else None,
-            )
+            {**hold, "hold_step": k, "flaky_step": k if flaky else None}
             for k in range(len(STEP_NAMES))
         ]
+        # Cut short at its first attempt, refused at its second: it may have acted, so it is
+        # compensated along with the steps before it.
+        held.append(
+            {
+                **hold,
+                "hold_step": 2,
+                "flaky_step": 2 if flaky else None,
+                "fail_step": 2,
+                "fail_from_attempt": 2,
+            }
+        )
     else:
-        held = [
-            CrashData(
-                index=i,
-                role="held",
-                fail_step=fail,
-                hold_step=hold,
-                hold_phase=phase,
-                hold_where=where,
-            )
-            for i, (fail, hold) in enumerate(_COMPENSATION_HOLDS)
-        ]
-    settled = [
-        CrashData(index=4, role="settled"),
-        CrashData(index=5, role="settled", fail_step=2),
+        held = [{**hold, "hold_step": k, "fail_step": fail} for fail, k in _COMPENSATION_HOLDS]
+    settled: list[dict[str, Any]] = [
+        {"role": "settled"},
+        {"role": "settled", "fail_step": 2},
     ]
-    drifting = [
-        CrashData(index=6, role="drifting", pace=0.004),
-        CrashData(index=7, role="drifting", pace=0.009),
-        CrashData(index=8, role="drifting", pace=0.006, fail_step=2),
-        CrashData(index=9, role="drifting", pace=0.012, fail_step=3),
+    drifting: list[dict[str, Any]] = [
+        {"role": "drifting", "pace": 0.004},
+        {"role": "drifting", "pace": 0.009},
+        {"role": "drifting", "pace": 0.006, "fail_step": 2},
+        {"role": "drifting", "pace": 0.012, "fail_step": 3},
     ]
-    return held + settled + drifting
+    return [CrashData(index=i, **spec) for i, spec in enumerate(held + settled + drifting)]
 
 
 class CallLog:
@@ -239,7 +238,7 @@ class CrashSaga(BaseSaga[CrashData]):
             await harness.hold()
         if data.pace:
             await anyio.sleep(data.pace)
-        if step == data.fail_step:
+        if step == data.fail_step and current_step().attempt >= data.fail_from_attempt:
             harness.log.record(data, "refused")
             raise RefusedError(f"{STEP_NAMES[step]} refused")
         if step == data.flaky_step and current_step().attempt == 1:
