@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar, Generic, TypeVar
 from uuid import uuid4
 
-from .errors import SagaDefinitionError
+from .errors import SagaDefinitionError, SagaDefinitionMismatchError
 from .retry import RetryPolicy
 from .state import SagaContext, StepState
 
@@ -145,8 +145,6 @@ class BaseSaga(ABC, Generic[T]):
 
     def attach(self, context: SagaContext[T]) -> None:
         """Adopt a stored context (recovery), checking that it matches this definition."""
-        from .errors import SagaDefinitionMismatchError
-
         stored = [s.name for s in context.steps]
         defined = [s.name for s in self._steps]
         if stored != defined or context.saga_type != self.saga_type:

@@ -17,7 +17,6 @@ from .errors import (
     InvalidStepResultError,
     SagaAlreadyExistsError,
     SagaConflictError,
-    SagaError,
     SagaNotFoundError,
     SagaStateError,
     SerializationError,
@@ -55,7 +54,6 @@ class _Pending:
 
 @dataclass(slots=True)
 class _Failure:
-    error: BaseException
     text: str
     retryable: bool
     effect_possible: bool
@@ -297,7 +295,6 @@ class SagaOrchestrator:
                 return
             if not step.retriable:
                 outcome = _Failure(
-                    error=outcome.error,
                     text=f"{outcome.text} ({nxt.text})",
                     retryable=False,
                     effect_possible=outcome.effect_possible,
@@ -312,14 +309,12 @@ class SagaOrchestrator:
             return None  # after the pivot: forward recovery only
         if state.attempts >= policy.max_attempts:
             return _Failure(
-                error=SagaError("attempts exhausted"),
                 text=state.error or f"gave up after {state.attempts} attempts",
                 retryable=False,
                 effect_possible=state.effect_possible,
             )
         if context.deadline is not None and self.clock.now() >= context.deadline:
             return _Failure(
-                error=TimeoutError("saga deadline exceeded"),
                 text=f"saga deadline {context.deadline.isoformat()} exceeded",
                 retryable=False,
                 effect_possible=state.effect_possible,
@@ -533,7 +528,7 @@ class SagaOrchestrator:
             _apply(context, checked)
         except (InvalidStepResultError, SerializationError) as exc:
             # The action ran, so its effect may exist: compensate it, do not retry it.
-            return _Failure(error=exc, text=_describe(exc), retryable=False, effect_possible=True)
+            return _Failure(text=_describe(exc), retryable=False, effect_possible=True)
         return None
 
     async def _call_guarded(
@@ -587,9 +582,7 @@ class SagaOrchestrator:
             # A business refusal means the step did not act; after a timeout or a transient
             # error nobody knows, so the step counts as possibly done.
             effect_possible = retryable or isinstance(exc, TimeoutError | ConnectionError)
-            return _Failure(
-                error=exc, text=text, retryable=retryable, effect_possible=effect_possible
-            )
+            return _Failure(text=text, retryable=retryable, effect_possible=effect_possible)
         finally:
             _current.reset(token)
         return None
