@@ -1,13 +1,16 @@
 """Engine benchmark: sagas/s and per-step overhead of saga-orchestrator with no-op services.
 
-Runs the spec's 4-step order saga (reserve inventory, process payment, create shipment, send
-confirmation; each with a compensation; dataclass data with a Decimal total and UUID ids)
-against services that return at once, so that what is measured is the engine and its
-repository: on the in-memory adapter, on SQLite (a temporary file, ``synchronous=FULL``, the
-default) and on SQLite with ``synchronous=NORMAL``; one saga at a time and with 64 in flight;
-on the happy path and with step 3 failing (steps 2 and 1 compensated).
+Runs the worked example's order saga, ``OrderFulfillmentSaga`` from the installed package
+``order_fulfillment`` (``examples/order_fulfillment``): the spec's 4 steps (reserve inventory,
+process payment, create shipment, send confirmation; each with a compensation; dataclass data
+with a Decimal total and UUID ids), against services that return at once, so that what is
+measured is the engine and its repository: on the in-memory adapter, on SQLite (a temporary
+file, ``synchronous=FULL``, the default) and on SQLite with ``synchronous=NORMAL``; one saga at
+a time and with 64 in flight; on the happy path and with step 3 failing (steps 2 and 1
+compensated).
 
-A baseline awaits the same no-op calls directly, without the library; the per-step overhead is
+A baseline awaits the same saga's actions (and, for fail@3, its compensations) directly,
+without the orchestrator; the per-step overhead is
 ``(wall time per saga - baseline wall time per saga) / service calls per saga``.
 
     .venv/bin/python bench/engine.py              # default run, under ~2 minutes
@@ -32,8 +35,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -43,8 +46,9 @@ from uuid import UUID, uuid4
 import anyio
 
 import saga_orchestrator
+from order_fulfillment.domain import OrderData, OrderItem, ShippingAddress
+from order_fulfillment.saga import OrderFulfillmentSaga
 from saga_orchestrator import (
-    BaseSaga,
     InMemorySagaRepository,
     SagaOrchestrator,
     SagaStatus,
@@ -56,39 +60,6 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 
 # ---------------------------------------------------------------------------- the saga
-
-
-@dataclass
-class OrderItem:
-    sku: str
-    quantity: int
-    unit_price: Decimal
-    name: str
-
-
-@dataclass
-class ShippingAddress:
-    street: str
-    city: str
-    state: str
-    postal_code: str
-    country: str
-
-
-@dataclass
-class OrderData:
-    """The spec's order data: UUID ids, a Decimal total, nested dataclasses."""
-
-    order_id: UUID = field(default_factory=uuid4)
-    customer_id: UUID | None = None
-    items: list[OrderItem] = field(default_factory=list)
-    shipping_address: ShippingAddress | None = None
-    total: Decimal = Decimal("0")
-    currency: str = "USD"
-    reservation_id: UUID | None = None
-    payment_id: UUID | None = None
-    shipment_id: UUID | None = None
-    tracking_number: str | None = None
 
 
 class NoCarrierError(Exception):
@@ -107,12 +78,13 @@ _SHIPMENT = _Ref(UUID("00000000-0000-4000-8000-000000000003"), "TRACK-0001")
 
 
 class Services:
-    """The four services of the order saga; every call returns at once."""
+    """The order saga's four services in one object; every call returns at once."""
 
     def __init__(self, *, fail_shipping: bool = False) -> None:
         self.fail_shipping = fail_shipping
         self.calls = 0
 
+    # inventory
     async def reserve(self, **_: Any) -> _Ref:
         self.calls += 1
         return _RESERVATION
@@ -120,6 +92,7 @@ class Services:
     async def release(self, **_: Any) -> None:
         self.calls += 1
 
+    # payment
     async def charge(self, **_: Any) -> _Ref:
         self.calls += 1
         return _PAYMENT
@@ -127,101 +100,32 @@ class Services:
     async def refund(self, **_: Any) -> None:
         self.calls += 1
 
-    async def create_shipment(self, **_: Any) -> _Ref:
+    # shipping
+    async def create(self, **_: Any) -> _Ref:
         self.calls += 1
         if self.fail_shipping:
             raise NoCarrierError("no carrier serves this address")
         return _SHIPMENT
 
-    async def cancel_shipment(self, **_: Any) -> None:
+    async def cancel(self, **_: Any) -> None:
         self.calls += 1
 
+    async def initiate_return(self, **_: Any) -> None:
+        self.calls += 1
+
+    # notification
     async def send_email(self, **_: Any) -> None:
         self.calls += 1
 
 
-class OrderSteps:
-    """The spec saga's actions and compensations, usable with or without the library."""
-
-    def __init__(self, services: Services) -> None:
-        self.services = services
-
-    async def reserve_inventory(self, data: OrderData) -> dict[str, Any]:
-        ref = await self.services.reserve(
-            order_id=data.order_id,
-            items=[{"sku": i.sku, "quantity": i.quantity} for i in data.items],
-            expires_in_minutes=30,
-        )
-        return {"reservation_id": ref.id}
-
-    async def process_payment(self, data: OrderData) -> dict[str, Any]:
-        ref = await self.services.charge(
-            customer_id=data.customer_id,
-            amount=data.total,
-            currency=data.currency,
-            order_id=data.order_id,
-            idempotency_key=f"order-{data.order_id}-payment",
-        )
-        return {"payment_id": ref.id}
-
-    async def create_shipment(self, data: OrderData) -> dict[str, Any]:
-        assert data.shipping_address is not None
-        ref = await self.services.create_shipment(
-            order_id=data.order_id,
-            address=data.shipping_address.__dict__,
-            items=[{"sku": i.sku, "quantity": i.quantity, "name": i.name} for i in data.items],
-        )
-        return {"shipment_id": ref.id, "tracking_number": ref.tracking_number}
-
-    async def send_confirmation(self, data: OrderData) -> dict[str, Any]:
-        await self.services.send_email(
-            user_id=data.customer_id,
-            template="order_confirmed",
-            data={"order_id": str(data.order_id), "total": str(data.total)},
-        )
-        return {}
-
-    async def release_inventory(self, data: OrderData) -> None:
-        if data.reservation_id:
-            await self.services.release(reservation_id=data.reservation_id, reason="saga")
-
-    async def refund_payment(self, data: OrderData) -> None:
-        if data.payment_id:
-            await self.services.refund(
-                payment_id=data.payment_id,
-                reason="order_cancelled",
-                idempotency_key=f"order-{data.order_id}-refund",
-            )
-
-    async def cancel_shipment(self, data: OrderData) -> None:
-        if data.shipment_id:
-            await self.services.cancel_shipment(shipment_id=data.shipment_id, reason="cancel")
-
-    async def send_cancellation(self, data: OrderData) -> None:
-        await self.services.send_email(
-            user_id=data.customer_id,
-            template="order_cancelled",
-            data={"order_id": str(data.order_id)},
-        )
-
-
-class OrderSaga(OrderSteps, BaseSaga[OrderData]):
-    """The spec's order-fulfilment saga shape: 4 steps with compensations and timeouts."""
-
-    saga_type = "bench_order"
-    timeout_minutes = 30
-
-    def __init__(self, data: OrderData, services: Services) -> None:
-        OrderSteps.__init__(self, services)
-        BaseSaga.__init__(self, data)
-
-    def define_steps(self) -> list[SagaStep[OrderData]]:
-        return [
-            SagaStep("reserve_inventory", self.reserve_inventory, self.release_inventory, 30),
-            SagaStep("process_payment", self.process_payment, self.refund_payment, 60),
-            SagaStep("create_shipment", self.create_shipment, self.cancel_shipment, 30),
-            SagaStep("send_confirmation", self.send_confirmation, self.send_cancellation, 15),
-        ]
+def make_saga(data: OrderData, services: Services) -> OrderFulfillmentSaga:
+    return OrderFulfillmentSaga(
+        data,
+        inventory_service=services,
+        payment_service=services,
+        shipping_service=services,
+        notification_service=services,
+    )
 
 
 _ITEMS = (
@@ -240,20 +144,22 @@ def make_order() -> OrderData:
     )
 
 
-async def run_plain(steps: OrderSteps, data: OrderData) -> None:
-    """The baseline: the same calls awaited directly, results applied to the data."""
-    for action in (steps.reserve_inventory, steps.process_payment):
-        for key, value in (await action(data)).items():
+async def run_plain(steps: Sequence[SagaStep[OrderData]], data: OrderData) -> None:
+    """The baseline: the saga's own actions awaited directly, without the orchestrator.
+
+    Their results are set on the data; on the business error, the completed steps are
+    compensated in reverse order.
+    """
+    for done, step in enumerate(steps):
+        try:
+            result = await step.action(data)
+        except NoCarrierError:
+            for undo in reversed(steps[:done]):
+                if undo.compensation is not None:
+                    await undo.compensation(data)
+            return
+        for key, value in (result or {}).items():
             setattr(data, key, value)
-    try:
-        result = await steps.create_shipment(data)
-    except NoCarrierError:
-        await steps.refund_payment(data)
-        await steps.release_inventory(data)
-        return
-    for key, value in result.items():
-        setattr(data, key, value)
-    await steps.send_confirmation(data)
 
 
 # ---------------------------------------------------------------------------- scenarios
@@ -321,7 +227,8 @@ class Scenario:
     def _one(self) -> Callable[[], Awaitable[None]]:
         services = self.services
         if self.orchestrator is None:
-            steps = OrderSteps(services)
+            # Built once: the baseline times the service calls, not building a saga.
+            steps = make_saga(make_order(), services).steps
 
             async def plain() -> None:
                 await run_plain(steps, make_order())
@@ -331,7 +238,7 @@ class Scenario:
         expected = EXPECTED[self.path]
 
         async def saga() -> None:
-            result = await orchestrator.execute(OrderSaga(make_order(), services))
+            result = await orchestrator.execute(make_saga(make_order(), services))
             if result.status is not expected:
                 raise RuntimeError(f"{self.key}: saga ended {result.status}: {result.error}")
 
@@ -343,6 +250,7 @@ class Scenario:
         latencies: list[float] = []
         clock = time.perf_counter
         writes_before = self._writes()
+        calls_before = self.services.calls
         gc.collect()
         started = clock()
         if self.concurrency == 1:
@@ -363,6 +271,9 @@ class Scenario:
                 for _ in range(count):
                     tg.start_soon(task)
         wall = clock() - started
+        calls = self.services.calls - calls_before
+        if calls != count * CALLS[self.path]:  # the baseline and the saga make the same calls
+            raise RuntimeError(f"{self.key}: {calls} service calls for {count} sagas")
         return Measurement(wall, latencies, self._writes() - writes_before)
 
 
