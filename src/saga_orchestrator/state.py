@@ -7,7 +7,7 @@ deliberately mutable: the orchestrator advances it in place and the spec's tests
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Generic, TypeVar
@@ -87,20 +87,7 @@ class StepState:
         return self.status in (StepStatus.FAILED, StepStatus.RUNNING) and self.effect_possible
 
     def copy(self) -> StepState:
-        return StepState(
-            name=self.name,
-            status=self.status,
-            attempts=self.attempts,
-            error=self.error,
-            effect_possible=self.effect_possible,
-            started_at=self.started_at,
-            completed_at=self.completed_at,
-            next_attempt_at=self.next_attempt_at,
-            compensation_attempts=self.compensation_attempts,
-            compensation_error=self.compensation_error,
-            compensation_started_at=self.compensation_started_at,
-            compensated_at=self.compensated_at,
-        )
+        return replace(self)
 
 
 @dataclass(slots=True, eq=False)
