@@ -53,12 +53,18 @@ class RecordingServices:
     async def release(self, **kwargs: Any) -> None:
         await self._call("release")
 
+    async def release_order(self, **kwargs: Any) -> None:
+        await self._call("release_order")
+
     # payment
     async def charge(self, **kwargs: Any) -> Ref:
         return await self._call("charge")
 
     async def refund(self, **kwargs: Any) -> None:
         await self._call("refund")
+
+    async def find_by_idempotency_key(self, key: str) -> None:
+        await self._call("find_payment")  # the fakes' calls that hang never act: nothing found
 
     # shipping
     async def create(self, **kwargs: Any) -> Ref:
@@ -69,6 +75,9 @@ class RecordingServices:
 
     async def initiate_return(self, **kwargs: Any) -> None:
         await self._call("initiate_return")
+
+    async def find_by_order(self, order_id: Any) -> None:
+        await self._call("find_shipment")
 
     # notification
     async def send_email(self, *, template: str, **kwargs: Any) -> None:

@@ -7,9 +7,9 @@
 
 A raised business error means the step did not act, so only the steps before it are
 undone. A timeout leaves the outcome unknown, so the timed-out step's own compensation runs
-first; the example's compensations are no-ops when there is nothing to undo (no payment id,
-no shipment id), except the cancellation email, which a customer who may have received the
-confirmation should get.
+first: it looks the effect up by the action's key (the order, the payment's idempotency key)
+since no id came back, and finds nothing here because the fakes' hanging calls never act. The
+cancellation email is sent: the customer may have received the confirmation.
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ RAISED = {
 }
 
 TIMED_OUT = {
-    "reserve": [],
-    "charge": ["release"],
-    "create_shipment": ["refund", "release"],
+    "reserve": ["release_order"],
+    "charge": ["find_payment", "release"],
+    "create_shipment": ["find_shipment", "refund", "release"],
     "email:order_confirmed": ["email:order_cancelled", "cancel_shipment", "refund", "release"],
 }
 

@@ -1,46 +1,45 @@
-"""Run the order-fulfilment demo: place many orders with faults injected, check invariants.
+"""The order-fulfilment demo: place orders with faults injected, then check the books.
 
-python -m order_fulfillment --orders 300
+python -m order_fulfillment                 # a few hundred orders on a new SQLite file
+python -m order_fulfillment --db orders.db  # reuse a file: unfinished orders recover first
+python -m order_fulfillment --serve         # the HTTP API instead
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import random
 import sys
 import tempfile
 import time
 from collections import Counter
-from decimal import Decimal
 from pathlib import Path
-from uuid import uuid4
+from uuid import UUID
 
 import anyio
 
-from saga_orchestrator import SagaOrchestrator, SagaResult, SagaStatus, SQLiteSagaRepository
+from saga_orchestrator import RetryPolicy, SagaResult, SagaStatus, StepStatus
 
-from .domain import OrderData, OrderItem, ShippingAddress
-from .saga import OrderFulfillmentSaga
-from .services import (
-    Faults,
-    InventoryService,
-    NotificationService,
-    PaymentService,
-    ShippingService,
-)
+from .domain import OrderData, ShippingAddress
+from .faults import FaultConfig
+from .shop import DEMO_CATALOG, OrderLine, Shop
 
-CATALOG = {
-    "SKU-001": ("Widget", Decimal("29.99")),
-    "SKU-002": ("Gadget", Decimal("149.00")),
-    "SKU-003": ("Gizmo", Decimal("4.50")),
+ADDRESS = ShippingAddress("123 Main St", "Anytown", "CA", "12345", "US")
+UNDO = {
+    "reserve_inventory": "release",
+    "process_payment": "refund",
+    "create_shipment": "cancel shipment",
+    "send_confirmation": "cancellation email",
 }
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m order_fulfillment",
-        description="Place orders through the order-fulfilment saga on SQLite and check that "
-        "stock, money and notifications add up.",
+        description="Run the order-fulfilment saga on SQLite: place orders with faults "
+        "injected, then check that stock, money and emails add up. Exit status 0 when every "
+        "invariant holds, 1 when one is broken, 2 for bad arguments.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--orders", type=int, default=300, help="orders to place")
@@ -48,157 +47,171 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--db", type=Path, default=None, help="SQLite file (default: a new temporary file)"
     )
-    parser.add_argument("--stock", type=int, default=400, help="initial stock per SKU")
-    parser.add_argument("--transient-rate", type=float, default=0.05, help="P(connection error)")
-    parser.add_argument("--decline-rate", type=float, default=0.08, help="P(payment declined)")
+    parser.add_argument("--customers", type=int, default=100, help="demo customers to create")
+    parser.add_argument("--stock", type=int, default=1000, help="initial stock per SKU")
     parser.add_argument(
-        "--shipping-failure-rate", type=float, default=0.05, help="P(no carrier for address)"
+        "--transient-rate", type=float, default=0.03, help="P(a call fails transiently)"
+    )
+    parser.add_argument(
+        "--reply-lost-rate", type=float, default=0.02, help="P(a call acts, then its reply is lost)"
+    )
+    parser.add_argument(
+        "--permanent-rate", type=float, default=0.01, help="P(a forward call is refused for good)"
+    )
+    parser.add_argument(
+        "--latency-ms", type=float, default=2.0, help="max random latency per service call"
+    )
+    parser.add_argument(
+        "--dispatch-delay",
+        type=float,
+        default=0.05,
+        help="seconds before a shipment leaves the warehouse (then it can only be returned)",
     )
     parser.add_argument("--seed", type=int, default=7, help="random seed for orders and faults")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--serve", action="store_true", help="serve the HTTP API instead")
+    parser.add_argument("--host", default="127.0.0.1", help="--serve: address to listen on")
+    parser.add_argument("--port", type=int, default=8000, help="--serve: port to listen on")
     args = parser.parse_args(argv)
-    if args.orders < 1 or args.concurrency < 1 or args.stock < 0:
-        parser.error("--orders and --concurrency must be >= 1, --stock >= 0")
-    for name in ("transient_rate", "decline_rate", "shipping_failure_rate"):
+    if args.orders < 0 or args.concurrency < 1 or args.stock < 0 or args.customers < 1:
+        parser.error("--orders and --stock must be >= 0, --concurrency and --customers >= 1")
+    for name in ("transient_rate", "reply_lost_rate", "permanent_rate"):
         if not 0 <= getattr(args, name) <= 1:
             parser.error(f"--{name.replace('_', '-')} must be within [0, 1]")
+    if args.latency_ms < 0 or args.dispatch_delay < 0:
+        parser.error("--latency-ms and --dispatch-delay must be >= 0")
     return args
 
 
-def make_order(rng: random.Random) -> OrderData:
-    items = []
-    for sku in rng.sample(sorted(CATALOG), k=rng.randint(1, 2)):
-        name, price = CATALOG[sku]
-        items.append(OrderItem(sku=sku, quantity=rng.randint(1, 3), unit_price=price, name=name))
-    return OrderData(
-        customer_id=uuid4(),
-        items=items,
-        shipping_address=ShippingAddress("123 Main St", "Anytown", "CA", "12345", "US"),
-        total=sum((i.unit_price * i.quantity for i in items), Decimal("0")),
+def make_shop(args: argparse.Namespace, db: Path) -> Shop:
+    return Shop(
+        db,
+        faults=FaultConfig(
+            transient_rate=args.transient_rate,
+            reply_lost_rate=args.reply_lost_rate,
+            permanent_rate=args.permanent_rate,
+            latency_seconds=args.latency_ms / 1000,
+            seed=args.seed,
+        ),
+        dispatch_delay_seconds=args.dispatch_delay,
+        # Quick retries keep the demo brisk; the defaults suit real services.
+        retry=RetryPolicy(max_attempts=3, initial_backoff_seconds=0.01),
+        compensation_retry=RetryPolicy(max_attempts=20, initial_backoff_seconds=0.01),
     )
 
 
 async def run(args: argparse.Namespace) -> int:
     db = args.db or Path(tempfile.mkdtemp(prefix="order-saga-")) / "orders.db"
-    faults = Faults(
-        transient_rate=args.transient_rate,
-        decline_rate=args.decline_rate,
-        shipping_failure_rate=args.shipping_failure_rate,
-        rng=random.Random(args.seed),
-    )
-    inventory = InventoryService({sku: args.stock for sku in CATALOG}, faults)
-    payment = PaymentService(faults)
-    shipping = ShippingService(faults)
-    notification = NotificationService(faults)
-    rng = random.Random(args.seed + 1)
-    orders = [make_order(rng) for _ in range(args.orders)]
-    results: list[SagaResult[OrderData]] = []
-    print(f"order-fulfilment demo: {args.orders} orders, SQLite store at {db}")
-
-    async with SQLiteSagaRepository(db) as repo:
-        orchestrator = SagaOrchestrator(repo)
+    print(f"order-fulfilment demo: SQLite file {db}")
+    rng = random.Random(args.seed)
+    async with make_shop(args, db) as shop:
+        recovered = await shop.recover()
+        if recovered:
+            print(f"recovered {len(recovered)} unfinished orders from an earlier run")
+        customers = await shop.seed_demo(customers=args.customers, stock=args.stock, rng=rng)
+        orders = [await make_order(shop, rng, customers) for _ in range(args.orders)]
+        results: list[SagaResult[OrderData]] = []
         limiter = anyio.CapacityLimiter(args.concurrency)
         started = time.perf_counter()
 
         async def place(order: OrderData) -> None:
             async with limiter:
-                saga = OrderFulfillmentSaga(
-                    order,
-                    inventory_service=inventory,
-                    payment_service=payment,
-                    shipping_service=shipping,
-                    notification_service=notification,
-                )
-                results.append(await orchestrator.execute(saga))
-                progress(len(results), args.orders)
+                results.append(await shop.place(order))
+            if not args.quiet:
+                progress(len(results), len(orders))
 
         async with anyio.create_task_group() as tg:
             for order in orders:
                 tg.start_soon(place, order)
         elapsed = time.perf_counter() - started
-        unfinished = await repo.list_sagas(
-            statuses=[SagaStatus.RUNNING, SagaStatus.COMPENSATING], limit=10
+        if not args.quiet and orders:
+            sys.stderr.write("\n")
+        returned = await shop.db.read(
+            lambda c: {
+                UUID(r[0])
+                for r in c.execute("SELECT order_id FROM shipments WHERE status = 'returned'")
+            }
         )
-    sys.stderr.write("\n")
-
-    by_status = Counter(r.status.value for r in results)
-    reasons = Counter(
-        (r.error or "").split(":", 1)[0] for r in results if r.status is not SagaStatus.COMPLETED
-    )
-    print(f"\n{'outcome':<14}{'orders':>8}")
-    for status in ("completed", "compensated", "failed"):
-        print(f"{status:<14}{by_status.get(status, 0):>8}")
-    if reasons:
-        print("\ncompensation paths (step that failed → steps undone):")
-        for step, count in sorted(reasons.items()):
-            undone = _undone(step)
-            print(f"  {step:<18} {count:>5}  → {undone}")
-    print(f"\n{len(results) / elapsed:,.0f} orders/s with {args.concurrency} in flight")
-
-    problems = check_invariants(results, inventory, payment, unfinished_count=len(unfinished))
-    print("\ninvariants:")
+        report(results + recovered, returned, elapsed, args, shop.faults.injected)
+        problems = await shop.check_invariants()
+    print("\ninvariants (whole database): stock conserved, money balances, no double charge,")
+    print("net charged = total for completed orders and 0 otherwise, every saga terminal")
     for line in problems or ["all hold"]:
         print(f"  {line}")
     print("verdict:", "OK" if not problems else "BROKEN")
     return 0 if not problems else 1
 
 
-def _undone(step: str) -> str:
-    order = ["reserve_inventory", "process_payment", "create_shipment", "send_confirmation"]
-    if step not in order:
-        return "?"
-    done = order[: order.index(step)]
-    names = {
-        "reserve_inventory": "release",
-        "process_payment": "refund",
-        "create_shipment": "cancel shipment",
-    }
-    return " + ".join(names[s] for s in reversed(done)) or "nothing (order rejected)"
+async def make_order(shop: Shop, rng: random.Random, customers: list[UUID]) -> OrderData:
+    skus = rng.sample([sku for sku, _, _ in DEMO_CATALOG], k=rng.randint(1, 3))
+    lines = [OrderLine(sku, rng.randint(1, 3)) for sku in skus]
+    return await shop.price_order(rng.choice(customers), lines, ADDRESS)
 
 
-def check_invariants(
+def path_of(result: SagaResult[OrderData], returned: set[UUID]) -> str:
+    """`failing step → compensations run, in order` for one saga."""
+    failed = next(
+        (s.name for s in result.steps if s.status is StepStatus.FAILED or s.effect_possible),
+        (result.error or "?").split(":", 1)[0],
+    )
+    undone = sorted(
+        (s for s in result.steps if s.status is StepStatus.COMPENSATED),
+        key=lambda s: s.compensated_at or s.started_at,  # type: ignore[return-value, arg-type]
+    )
+    names = []
+    for step in undone:
+        name = UNDO.get(step.name, step.name)
+        if step.name == "create_shipment" and result.data.order_id in returned:
+            name = "return shipment"
+        names.append(name)
+    return f"{failed} → {' + '.join(names) or 'nothing to undo (order rejected)'}"
+
+
+def report(
     results: list[SagaResult[OrderData]],
-    inventory: InventoryService,
-    payment: PaymentService,
-    *,
-    unfinished_count: int,
-) -> list[str]:
-    problems = []
-    if unfinished_count:
-        problems.append(f"{unfinished_count} sagas are not terminal")
-    for sku, initial in inventory.initial.items():
-        if inventory.available[sku] + inventory.held()[sku] != initial:
-            problems.append(f"stock of {sku} not conserved")
-        if inventory.available[sku] < 0:
-            problems.append(f"stock of {sku} is negative")
-    charges = Counter(p.order_id for p in payment.payments.values())
-    if any(n > 1 for n in charges.values()):
-        problems.append("an order was charged twice")
-    for result in results:
-        net = payment.net_charged(result.data.order_id)
-        expected = result.data.total if result.status is SagaStatus.COMPLETED else Decimal("0")
-        if result.status is not SagaStatus.FAILED and net != expected:
-            problems.append(f"order {result.data.order_id}: charged {net}, expected {expected}")
-        reservation = inventory.by_order.get(result.data.order_id)
-        if (
-            result.status is SagaStatus.COMPENSATED
-            and reservation is not None
-            and inventory.reservations[reservation].active
-        ):
-            problems.append(f"order {result.data.order_id}: compensated but stock still held")
-    return problems
+    returned: set[UUID],
+    elapsed: float,
+    args: argparse.Namespace,
+    injected: dict[str, int],
+) -> None:
+    outcomes = Counter(r.status.value for r in results)
+    print(f"\n{'outcome':<14}{'orders':>8}")
+    for status in ("completed", "compensated", "failed"):
+        print(f"{status:<14}{outcomes.get(status, 0):>8}")
+    paths = Counter(path_of(r, returned) for r in results if r.status is not SagaStatus.COMPLETED)
+    if paths:
+        print("\ncompensation paths (failed step → compensations, in the order they ran):")
+        for path, count in paths.most_common():
+            print(f"  {count:>5}  {path}")
+    reasons = Counter(
+        (r.error or "").split(": ", 2)[1] for r in results if r.status is not SagaStatus.COMPLETED
+    )
+    if reasons:
+        print("\nwhy: " + ", ".join(f"{name} x{n}" for name, n in reasons.most_common()))
+    if injected:
+        faults = ", ".join(f"{kind} x{n}" for kind, n in sorted(injected.items()))
+        print(f"faults injected: {faults}")
+    if results and elapsed:
+        print(f"{len(results)} orders in {elapsed:.1f} s with {args.concurrency} in flight")
 
 
 def progress(done: int, total: int) -> None:
     if not sys.stderr.isatty() and done != total:
         return
     width = 40
-    filled = width * done // total
+    filled = width * done // max(total, 1)
     sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
     sys.stderr.flush()
 
 
 def main(argv: list[str] | None = None) -> int:
-    return anyio.run(run, parse_args(argv))
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    if args.serve:
+        from .api import serve
+
+        return serve(args, make_shop(args, args.db or Path("orders.db")))
+    return anyio.run(run, args)
 
 
 if __name__ == "__main__":

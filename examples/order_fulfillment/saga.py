@@ -1,7 +1,14 @@
 """The order-fulfilment saga, as in the specification.
 
-The one addition: the constructor also accepts the short keyword spelling the spec's tests
-use (``inventory=`` as well as ``inventory_service=``).
+Two additions:
+
+- the constructor also accepts the short keyword spelling the spec's tests use
+  (``inventory=`` as well as ``inventory_service=``);
+- each compensation also undoes a step whose reply never arrived. The library compensates a
+  step that timed out or kept failing transiently, because it may have acted; the reservation,
+  payment or shipment id is then unknown, so the compensation finds the effect by the key the
+  action used (the order id, the payment's idempotency key). Without that, a charge whose reply
+  was lost would never be refunded.
 """
 
 from __future__ import annotations
@@ -138,28 +145,43 @@ class OrderFulfillmentSaga(BaseSaga[OrderData]):
                 reservation_id=data.reservation_id,
                 reason="saga_compensation",
             )
+        else:
+            # The reservation's reply may have been lost: release by order.
+            await self.inventory.release_order(
+                order_id=data.order_id,
+                reason="saga_compensation",
+            )
 
     async def _refund_payment(self, data: OrderData) -> None:
         """Refund customer payment."""
-        if data.payment_id:
+        payment_id = data.payment_id
+        if payment_id is None:
+            # The charge's reply may have been lost after the money moved.
+            payment = await self.payment.find_by_idempotency_key(f"order-{data.order_id}-payment")
+            payment_id = payment.id if payment is not None else None
+        if payment_id:
             await self.payment.refund(
-                payment_id=data.payment_id,
+                payment_id=payment_id,
                 reason="order_cancelled",
                 idempotency_key=f"order-{data.order_id}-refund",
             )
 
     async def _cancel_shipment(self, data: OrderData) -> None:
         """Cancel shipment if possible."""
-        if data.shipment_id:
+        shipment_id = data.shipment_id
+        if shipment_id is None:
+            shipment = await self.shipping.find_by_order(data.order_id)
+            shipment_id = shipment.id if shipment is not None else None
+        if shipment_id:
             try:
                 await self.shipping.cancel(
-                    shipment_id=data.shipment_id,
+                    shipment_id=shipment_id,
                     reason="order_cancelled",
                 )
             except ShipmentAlreadyDispatchedError:
                 # Shipment already dispatched, initiate return
                 await self.shipping.initiate_return(
-                    shipment_id=data.shipment_id,
+                    shipment_id=shipment_id,
                 )
 
     async def _send_cancellation(self, data: OrderData) -> None:

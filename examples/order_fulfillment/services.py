@@ -1,179 +1,548 @@
-"""Demo services with state and fault injection (in memory).
+"""The four services the order saga calls, with real state in SQLite.
 
-Each keeps a ledger the demo checks at the end: stock is conserved, money balances, nobody is
-charged twice. Calls deduplicate on their idempotency keys, as real payment providers do.
+Each is defined first as a Protocol: that is exactly what you replace with a client of your
+own service. The SQLite implementations below keep the invariants the demo checks:
+
+- stock is conserved: ``initial = available + held (active) + shipped (committed)``;
+- money balances: ``initial balance = balance + captured, not refunded``;
+- every call that acts deduplicates on a key, so a retried call never acts twice.
 """
 
 from __future__ import annotations
 
-import random
-from collections import Counter
-from dataclasses import dataclass, field
+import json
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 from uuid import UUID, uuid4
 
-import anyio
+from .db import ShopDatabase, utcnow
+from .errors import (
+    InsufficientStockError,
+    PaymentDeclinedError,
+    ReservationExpiredError,
+    ShipmentAlreadyDispatchedError,
+    UnknownProductError,
+)
+from .faults import Faults
 
-from .errors import InsufficientStockError, PaymentDeclinedError, ShipmentAlreadyDispatchedError
-
-
-@dataclass
-class Faults:
-    """What goes wrong, how often. Transient faults raise ConnectionError (retried)."""
-
-    transient_rate: float = 0.0
-    decline_rate: float = 0.0
-    shipping_failure_rate: float = 0.0
-    latency_seconds: float = 0.0
-    rng: random.Random = field(default_factory=lambda: random.Random(7))
-
-    async def maybe(self, what: str) -> None:
-        if self.latency_seconds:
-            await anyio.sleep(self.latency_seconds * self.rng.random())
-        if self.rng.random() < self.transient_rate:
-            raise ConnectionError(f"{what}: connection reset (injected)")
+Clock = Callable[[], datetime]
 
 
-@dataclass
+# ---------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True, slots=True)
+class Product:
+    sku: str
+    name: str
+    price: Decimal
+    stock: int
+
+
+@dataclass(frozen=True, slots=True)
 class Reservation:
     id: UUID
     order_id: UUID
-    items: list[dict[str, Any]]
-    active: bool = True
+    status: str
+    expires_at: datetime
 
 
-class InventoryService:
-    def __init__(self, stock: dict[str, int], faults: Faults) -> None:
-        self.initial = dict(stock)
-        self.available = dict(stock)
-        self.reservations: dict[UUID, Reservation] = {}
-        self.by_order: dict[UUID, UUID] = {}
-        self.faults = faults
-
-    async def reserve(
-        self, *, order_id: UUID, items: list[dict[str, Any]], expires_in_minutes: int
-    ) -> Reservation:
-        await self.faults.maybe("inventory.reserve")
-        if order_id in self.by_order:  # same order again: same reservation
-            return self.reservations[self.by_order[order_id]]
-        for item in items:
-            if self.available.get(item["sku"], 0) < item["quantity"]:
-                raise InsufficientStockError(f"not enough {item['sku']}")
-        for item in items:
-            self.available[item["sku"]] -= item["quantity"]
-        reservation = Reservation(uuid4(), order_id, items)
-        self.reservations[reservation.id] = reservation
-        self.by_order[order_id] = reservation.id
-        return reservation
-
-    async def release(self, *, reservation_id: UUID, reason: str) -> None:
-        await self.faults.maybe("inventory.release")
-        reservation = self.reservations.get(reservation_id)
-        if reservation is None or not reservation.active:
-            return  # nothing to undo
-        reservation.active = False
-        for item in reservation.items:
-            self.available[item["sku"]] += item["quantity"]
-
-    def held(self) -> Counter[str]:
-        held: Counter[str] = Counter()
-        for reservation in self.reservations.values():
-            if reservation.active:
-                for item in reservation.items:
-                    held[item["sku"]] += item["quantity"]
-        return held
-
-
-@dataclass
+@dataclass(frozen=True, slots=True)
 class Payment:
     id: UUID
     order_id: UUID
     customer_id: UUID
     amount: Decimal
-    refunded: bool = False
+    currency: str
+    status: str
 
 
-class PaymentService:
-    def __init__(self, faults: Faults) -> None:
-        self.payments: dict[UUID, Payment] = {}
-        self.by_key: dict[str, UUID] = {}
-        self.charge_calls = 0
-        self.faults = faults
+@dataclass(frozen=True, slots=True)
+class Shipment:
+    id: UUID
+    order_id: UUID
+    tracking_number: str
+    status: str
+    dispatch_at: datetime
 
+
+# ---------------------------------------------------------------------------- protocols
+
+
+class InventoryService(Protocol):
+    async def reserve(
+        self, *, order_id: UUID, items: list[dict[str, Any]], expires_in_minutes: int
+    ) -> Reservation:
+        """Hold every item, all or nothing. The same order gets the same reservation."""
+        ...
+
+    async def release(self, *, reservation_id: UUID, reason: str) -> None:
+        """Return held stock. Releasing twice, or a released reservation, does nothing."""
+        ...
+
+    async def release_order(self, *, order_id: UUID, reason: str) -> None:
+        """Release the order's reservation, if any (its id may never have reached us)."""
+        ...
+
+
+class PaymentService(Protocol):
     async def charge(
         self,
         *,
-        customer_id: UUID,
+        customer_id: UUID | None,
         amount: Decimal,
         currency: str,
         order_id: UUID,
         idempotency_key: str,
     ) -> Payment:
-        self.charge_calls += 1
-        await self.faults.maybe("payment.charge")
-        if idempotency_key in self.by_key:
-            return self.payments[self.by_key[idempotency_key]]
-        if self.faults.rng.random() < self.faults.decline_rate:
-            raise PaymentDeclinedError("Insufficient funds")
-        payment = Payment(uuid4(), order_id, customer_id, amount)
-        self.payments[payment.id] = payment
-        self.by_key[idempotency_key] = payment.id
-        return payment
+        """Charge once per key: a repeated key returns the first payment."""
+        ...
 
     async def refund(self, *, payment_id: UUID, reason: str, idempotency_key: str) -> None:
-        await self.faults.maybe("payment.refund")
-        self.payments[payment_id].refunded = True
+        """Refund a payment in full, once."""
+        ...
 
-    def net_charged(self, order_id: UUID) -> Decimal:
-        return sum(
-            (p.amount for p in self.payments.values() if p.order_id == order_id and not p.refunded),
-            Decimal("0"),
-        )
+    async def find_by_idempotency_key(self, idempotency_key: str) -> Payment | None:
+        """The payment a charge with this key made, if it made one."""
+        ...
 
 
-@dataclass
-class Shipment:
-    id: UUID
-    order_id: UUID
-    tracking_number: str
-    cancelled: bool = False
-
-
-class ShippingService:
-    def __init__(self, faults: Faults) -> None:
-        self.shipments: dict[UUID, Shipment] = {}
-        self.by_order: dict[UUID, UUID] = {}
-        self.faults = faults
-
+class ShippingService(Protocol):
     async def create(
-        self, *, order_id: UUID, address: dict[str, str], items: list[dict[str, Any]]
+        self, *, order_id: UUID, address: dict[str, Any], items: list[dict[str, Any]]
     ) -> Shipment:
-        await self.faults.maybe("shipping.create")
-        if self.faults.rng.random() < self.faults.shipping_failure_rate:
-            raise ValueError(f"no carrier serves {address['postal_code']}")
-        if order_id in self.by_order:
-            return self.shipments[self.by_order[order_id]]
-        shipment = Shipment(uuid4(), order_id, f"TRK{len(self.shipments) + 1:08d}")
-        self.shipments[shipment.id] = shipment
-        self.by_order[order_id] = shipment.id
-        return shipment
+        """Create the order's shipment (once per order), taking its reserved stock."""
+        ...
 
     async def cancel(self, *, shipment_id: UUID, reason: str) -> None:
-        await self.faults.maybe("shipping.cancel")
-        self.shipments[shipment_id].cancelled = True
+        """Cancel before dispatch; raises ShipmentAlreadyDispatchedError after it."""
+        ...
 
-    async def initiate_return(self, *, shipment_id: UUID) -> None:  # pragma: no cover - demo
-        raise ShipmentAlreadyDispatchedError("demo shipments are never dispatched")
+    async def initiate_return(self, *, shipment_id: UUID) -> None:
+        """Bring a dispatched shipment back; its stock returns to inventory."""
+        ...
+
+    async def find_by_order(self, order_id: UUID) -> Shipment | None: ...
 
 
-class NotificationService:
-    def __init__(self, faults: Faults) -> None:
-        self.sent: list[tuple[UUID | None, str, dict[str, Any]]] = []
-        self.faults = faults
+class NotificationService(Protocol):
+    async def send_email(
+        self, *, user_id: UUID | None, template: str, data: dict[str, Any]
+    ) -> None:
+        """Send once per (template, order): a repeated call sends nothing more."""
+        ...
+
+
+# ---------------------------------------------------------------------------- SQLite
+
+
+class _Service:
+    def __init__(self, db: ShopDatabase, faults: Faults | None = None, clock: Clock = utcnow):
+        self.db = db
+        self.faults = faults or Faults()
+        self.clock = clock
+
+    async def _call(
+        self, operation: str, fn: Callable[[sqlite3.Connection], Any], *, compensating: bool
+    ) -> Any:
+        await self.faults.before(operation, compensating=compensating)
+        result = await self.db.transaction(fn)
+        self.faults.after(operation)
+        return result
+
+
+class SQLiteInventory(_Service):
+    async def add_product(self, sku: str, name: str, price: Decimal, stock: int) -> None:
+        def op(c: sqlite3.Connection) -> None:
+            c.execute(
+                "INSERT INTO products (sku, name, price, stock, initial_stock)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (sku, name, str(price), stock, stock),
+            )
+
+        await self.db.transaction(op)
+
+    async def products(self) -> dict[str, Product]:
+        rows = await self.db.read(
+            lambda c: c.execute("SELECT sku, name, price, stock FROM products").fetchall()
+        )
+        return {r[0]: Product(r[0], r[1], Decimal(r[2]), r[3]) for r in rows}
+
+    async def reserve(
+        self, *, order_id: UUID, items: list[dict[str, Any]], expires_in_minutes: int
+    ) -> Reservation:
+        now = self.clock()
+        expires = now + timedelta(minutes=expires_in_minutes)
+
+        def op(c: sqlite3.Connection) -> Reservation:
+            existing = _reservation(c, "order_id", str(order_id))
+            if existing is not None:
+                return existing
+            reservation_id = uuid4()
+            c.execute(
+                "INSERT INTO reservations (id, order_id, status, expires_at, created_at,"
+                " updated_at) VALUES (?, ?, 'active', ?, ?, ?)",
+                (
+                    str(reservation_id),
+                    str(order_id),
+                    expires.isoformat(),
+                    now.isoformat(),
+                    now.isoformat(),
+                ),
+            )
+            for item in items:
+                sku, quantity = item["sku"], int(item["quantity"])
+                taken = c.execute(
+                    "UPDATE products SET stock = stock - ? WHERE sku = ? AND stock >= ?",
+                    (quantity, sku, quantity),
+                ).rowcount
+                if not taken:
+                    known = c.execute("SELECT 1 FROM products WHERE sku = ?", (sku,)).fetchone()
+                    if known is None:
+                        raise UnknownProductError(f"unknown SKU {sku!r}")
+                    raise InsufficientStockError(f"not enough {sku} in stock for {quantity}")
+                c.execute(
+                    "INSERT INTO reservation_items (reservation_id, sku, quantity)"
+                    " VALUES (?, ?, ?) ON CONFLICT DO UPDATE SET quantity = quantity + ?",
+                    (str(reservation_id), sku, quantity, quantity),
+                )
+            return Reservation(reservation_id, order_id, "active", expires)
+
+        result: Reservation = await self._call("inventory.reserve", op, compensating=False)
+        return result
+
+    async def release(self, *, reservation_id: UUID, reason: str) -> None:
+        await self._call(
+            "inventory.release",
+            lambda c: _release(c, "id", str(reservation_id), reason, self.clock()),
+            compensating=True,
+        )
+
+    async def release_order(self, *, order_id: UUID, reason: str) -> None:
+        await self._call(
+            "inventory.release",
+            lambda c: _release(c, "order_id", str(order_id), reason, self.clock()),
+            compensating=True,
+        )
+
+    async def sweep_expired(self) -> int:
+        """Release every active reservation past its expiry; return how many."""
+        now = self.clock()
+
+        def op(c: sqlite3.Connection) -> int:
+            rows = c.execute(
+                "SELECT id FROM reservations WHERE status = 'active' AND expires_at <= ?",
+                (now.isoformat(),),
+            ).fetchall()
+            for (reservation_id,) in rows:
+                _release(c, "id", reservation_id, "expired", now)
+            return len(rows)
+
+        count: int = await self.db.transaction(op)
+        return count
+
+
+def _reservation(c: sqlite3.Connection, column: str, value: str) -> Reservation | None:
+    row = c.execute(
+        f"SELECT id, order_id, status, expires_at FROM reservations WHERE {column} = ?",
+        (value,),
+    ).fetchone()
+    if row is None:
+        return None
+    return Reservation(UUID(row[0]), UUID(row[1]), row[2], datetime.fromisoformat(row[3]))
+
+
+def _restock(c: sqlite3.Connection, reservation_id: str) -> None:
+    c.execute(
+        "UPDATE products SET stock = stock + (SELECT quantity FROM reservation_items"
+        " WHERE reservation_id = ? AND reservation_items.sku = products.sku)"
+        " WHERE sku IN (SELECT sku FROM reservation_items WHERE reservation_id = ?)",
+        (reservation_id, reservation_id),
+    )
+
+
+def _release(c: sqlite3.Connection, column: str, value: str, reason: str, now: datetime) -> None:
+    reservation = _reservation(c, column, value)
+    if reservation is None or reservation.status != "active":
+        return  # nothing held: never reserved, already released, or shipped (cancel first)
+    _restock(c, str(reservation.id))
+    c.execute(
+        "UPDATE reservations SET status = 'released', reason = ?, updated_at = ? WHERE id = ?",
+        (reason, now.isoformat(), str(reservation.id)),
+    )
+
+
+class SQLitePayments(_Service):
+    async def open_account(self, customer_id: UUID, balance: Decimal) -> None:
+        def op(c: sqlite3.Connection) -> None:
+            c.execute(
+                "INSERT INTO accounts (customer_id, balance, initial_balance) VALUES (?, ?, ?)",
+                (str(customer_id), str(balance), str(balance)),
+            )
+
+        await self.db.transaction(op)
+
+    async def has_account(self, customer_id: UUID) -> bool:
+        row = await self.db.read(
+            lambda c: c.execute(
+                "SELECT 1 FROM accounts WHERE customer_id = ?", (str(customer_id),)
+            ).fetchone()
+        )
+        return row is not None
+
+    async def charge(
+        self,
+        *,
+        customer_id: UUID | None,
+        amount: Decimal,
+        currency: str,
+        order_id: UUID,
+        idempotency_key: str,
+    ) -> Payment:
+        now = self.clock().isoformat()
+
+        def op(c: sqlite3.Connection) -> Payment:
+            existing = _payment(c, "idempotency_key", idempotency_key)
+            if existing is not None:
+                return existing
+            row = c.execute(
+                "SELECT balance FROM accounts WHERE customer_id = ?", (str(customer_id),)
+            ).fetchone()
+            if row is None:
+                raise PaymentDeclinedError(f"no payment account for customer {customer_id}")
+            balance = Decimal(row[0])
+            if balance < amount:
+                raise PaymentDeclinedError("Insufficient funds")
+            payment = Payment(
+                uuid4(), order_id, UUID(str(customer_id)), amount, currency, "captured"
+            )
+            c.execute(
+                "UPDATE accounts SET balance = ? WHERE customer_id = ?",
+                (str(balance - amount), str(customer_id)),
+            )
+            c.execute(
+                "INSERT INTO payments (id, idempotency_key, order_id, customer_id, amount,"
+                " currency, status, created_at) VALUES (?, ?, ?, ?, ?, ?, 'captured', ?)",
+                (
+                    str(payment.id),
+                    idempotency_key,
+                    str(order_id),
+                    str(customer_id),
+                    str(amount),
+                    currency,
+                    now,
+                ),
+            )
+            _ledger(c, payment, "charge", now)
+            return payment
+
+        result: Payment = await self._call("payment.charge", op, compensating=False)
+        return result
+
+    async def refund(self, *, payment_id: UUID, reason: str, idempotency_key: str) -> None:
+        now = self.clock().isoformat()
+
+        def op(c: sqlite3.Connection) -> None:
+            payment = _payment(c, "id", str(payment_id))
+            if payment is None or payment.status == "refunded":
+                return  # nothing to refund
+            row = c.execute(
+                "SELECT balance FROM accounts WHERE customer_id = ?", (str(payment.customer_id),)
+            ).fetchone()
+            c.execute(
+                "UPDATE accounts SET balance = ? WHERE customer_id = ?",
+                (str(Decimal(row[0]) + payment.amount), str(payment.customer_id)),
+            )
+            c.execute("UPDATE payments SET status = 'refunded' WHERE id = ?", (str(payment.id),))
+            _ledger(c, payment, "refund", now)
+
+        await self._call("payment.refund", op, compensating=True)
+
+    async def find_by_idempotency_key(self, idempotency_key: str) -> Payment | None:
+        await self.faults.before("payment.find", compensating=True)
+        payment: Payment | None = await self.db.read(
+            lambda c: _payment(c, "idempotency_key", idempotency_key)
+        )
+        return payment
+
+
+def _payment(c: sqlite3.Connection, column: str, value: str) -> Payment | None:
+    row = c.execute(
+        "SELECT id, order_id, customer_id, amount, currency, status FROM payments"
+        f" WHERE {column} = ?",
+        (value,),
+    ).fetchone()
+    if row is None:
+        return None
+    return Payment(UUID(row[0]), UUID(row[1]), UUID(row[2]), Decimal(row[3]), row[4], row[5])
+
+
+def _ledger(c: sqlite3.Connection, payment: Payment, kind: str, now: str) -> None:
+    c.execute(
+        "INSERT INTO ledger (payment_id, customer_id, kind, amount, entry_key, at)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (
+            str(payment.id),
+            str(payment.customer_id),
+            kind,
+            str(payment.amount),
+            f"{kind}:{payment.id}",
+            now,
+        ),
+    )
+
+
+class SQLiteShipping(_Service):
+    def __init__(
+        self,
+        db: ShopDatabase,
+        faults: Faults | None = None,
+        clock: Clock = utcnow,
+        *,
+        dispatch_delay_seconds: float = 3600.0,
+    ) -> None:
+        super().__init__(db, faults, clock)
+        self.dispatch_delay_seconds = dispatch_delay_seconds
+
+    async def create(
+        self, *, order_id: UUID, address: dict[str, Any], items: list[dict[str, Any]]
+    ) -> Shipment:
+        now = self.clock()
+        dispatch_at = now + timedelta(seconds=self.dispatch_delay_seconds)
+
+        def op(c: sqlite3.Connection) -> Shipment:
+            existing = _shipment(c, "order_id", str(order_id))
+            if existing is not None:
+                return existing
+            # The warehouse takes the reserved stock: held becomes shipped, atomically.
+            taken = c.execute(
+                "UPDATE reservations SET status = 'committed', updated_at = ?"
+                " WHERE order_id = ? AND status = 'active' AND expires_at > ?",
+                (now.isoformat(), str(order_id), now.isoformat()),
+            ).rowcount
+            if not taken:
+                raise ReservationExpiredError(f"order {order_id} holds no live reservation")
+            shipment_id = uuid4()
+            shipment = Shipment(
+                shipment_id, order_id, f"TRK-{shipment_id.hex[:12].upper()}", "created", dispatch_at
+            )
+            c.execute(
+                "INSERT INTO shipments (id, order_id, tracking_number, status, address, items,"
+                " dispatch_at, created_at, updated_at) VALUES (?, ?, ?, 'created', ?, ?, ?, ?, ?)",
+                (
+                    str(shipment_id),
+                    str(order_id),
+                    shipment.tracking_number,
+                    json.dumps(address),
+                    json.dumps(items),
+                    dispatch_at.isoformat(),
+                    now.isoformat(),
+                    now.isoformat(),
+                ),
+            )
+            return shipment
+
+        result: Shipment = await self._call("shipping.create", op, compensating=False)
+        return result
+
+    async def cancel(self, *, shipment_id: UUID, reason: str) -> None:
+        now = self.clock()
+
+        def op(c: sqlite3.Connection) -> None:
+            shipment = _shipment(c, "id", str(shipment_id))
+            if shipment is None or shipment.status != "created":
+                return  # never created, already cancelled or returned
+            if now >= shipment.dispatch_at:
+                raise ShipmentAlreadyDispatchedError(
+                    f"shipment {shipment.tracking_number} was dispatched"
+                )
+            c.execute(
+                "UPDATE shipments SET status = 'cancelled', updated_at = ? WHERE id = ?",
+                (now.isoformat(), str(shipment_id)),
+            )
+            # The stock goes back to being held; releasing the reservation returns it.
+            c.execute(
+                "UPDATE reservations SET status = 'active', updated_at = ?"
+                " WHERE order_id = ? AND status = 'committed'",
+                (now.isoformat(), str(shipment.order_id)),
+            )
+
+        await self._call("shipping.cancel", op, compensating=True)
+
+    async def initiate_return(self, *, shipment_id: UUID) -> None:
+        now = self.clock().isoformat()
+
+        def op(c: sqlite3.Connection) -> None:
+            shipment = _shipment(c, "id", str(shipment_id))
+            if shipment is None or shipment.status != "created":
+                return
+            c.execute(
+                "UPDATE shipments SET status = 'returned', updated_at = ? WHERE id = ?",
+                (now, str(shipment_id)),
+            )
+            # In this demo the parcel comes straight back: its stock is available again.
+            reservation = _reservation(c, "order_id", str(shipment.order_id))
+            if reservation is not None and reservation.status == "committed":
+                _restock(c, str(reservation.id))
+                c.execute(
+                    "UPDATE reservations SET status = 'released', reason = 'returned',"
+                    " updated_at = ? WHERE id = ?",
+                    (now, str(reservation.id)),
+                )
+
+        await self._call("shipping.return", op, compensating=True)
+
+    async def find_by_order(self, order_id: UUID) -> Shipment | None:
+        await self.faults.before("shipping.find", compensating=True)
+        shipment: Shipment | None = await self.db.read(
+            lambda c: _shipment(c, "order_id", str(order_id))
+        )
+        return shipment
+
+
+def _shipment(c: sqlite3.Connection, column: str, value: str) -> Shipment | None:
+    row = c.execute(
+        "SELECT id, order_id, tracking_number, status, dispatch_at FROM shipments"
+        f" WHERE {column} = ?",
+        (value,),
+    ).fetchone()
+    if row is None:
+        return None
+    return Shipment(UUID(row[0]), UUID(row[1]), row[2], row[3], datetime.fromisoformat(row[4]))
+
+
+class SQLiteNotifications(_Service):
+    """Emails go to an outbox table (a real service would deliver them from there)."""
 
     async def send_email(
         self, *, user_id: UUID | None, template: str, data: dict[str, Any]
     ) -> None:
-        await self.faults.maybe("notification.send_email")
-        self.sent.append((user_id, template, data))
+        now = self.clock().isoformat()
+        dedup_key = f"{template}:{data.get('order_id')}"
+
+        def op(c: sqlite3.Connection) -> None:
+            c.execute(
+                "INSERT INTO notifications (id, dedup_key, user_id, template, data, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (dedup_key) DO NOTHING",
+                (str(uuid4()), dedup_key, str(user_id), template, json.dumps(data), now),
+            )
+
+        await self._call(f"notification.{template}", op, compensating=template != "order_confirmed")
+
+    async def outbox(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The most recent emails, newest first."""
+        rows = await self.db.read(
+            lambda c: c.execute(
+                "SELECT user_id, template, data, created_at FROM notifications"
+                " ORDER BY created_at DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        )
+        return [
+            {"user_id": r[0], "template": r[1], "data": json.loads(r[2]), "created_at": r[3]}
+            for r in rows
+        ]

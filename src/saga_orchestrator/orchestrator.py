@@ -339,6 +339,7 @@ class SagaOrchestrator:
         state.status = StepStatus.COMPLETED
         state.completed_at = now
         state.next_attempt_at = None
+        state.effect_possible = False  # it acted, for sure: "possibly" no longer applies
         pending = _Pending()
         pending.add(SagaEventType.STEP_COMPLETED, step=state.name, attempt=state.attempts)
         nxt = index + 1

@@ -1,0 +1,93 @@
+-- The example's services. Money is TEXT holding a Decimal's exact string; ids are UUID text;
+-- times are ISO 8601 UTC.
+
+CREATE TABLE IF NOT EXISTS products (
+    sku           TEXT PRIMARY KEY,
+    name          TEXT NOT NULL,
+    price         TEXT NOT NULL,
+    stock         INTEGER NOT NULL CHECK (stock >= 0),  -- available to reserve
+    initial_stock INTEGER NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS reservations (
+    id         TEXT PRIMARY KEY,
+    order_id   TEXT NOT NULL UNIQUE,
+    -- active: held; committed: shipped out; released: returned to stock
+    status     TEXT NOT NULL CHECK (status IN ('active', 'committed', 'released')),
+    reason     TEXT,
+    expires_at TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS reservation_items (
+    reservation_id TEXT NOT NULL REFERENCES reservations (id),
+    sku            TEXT NOT NULL REFERENCES products (sku),
+    quantity       INTEGER NOT NULL CHECK (quantity > 0),
+    PRIMARY KEY (reservation_id, sku)
+);
+
+CREATE INDEX IF NOT EXISTS reservations_expiring ON reservations (expires_at)
+    WHERE status = 'active';
+
+CREATE TABLE IF NOT EXISTS accounts (
+    customer_id     TEXT PRIMARY KEY,
+    balance         TEXT NOT NULL,
+    initial_balance TEXT NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS payments (
+    id              TEXT PRIMARY KEY,
+    idempotency_key TEXT NOT NULL UNIQUE,
+    order_id        TEXT NOT NULL,
+    customer_id     TEXT NOT NULL REFERENCES accounts (customer_id),
+    amount          TEXT NOT NULL,
+    currency        TEXT NOT NULL,
+    status          TEXT NOT NULL CHECK (status IN ('captured', 'refunded')),
+    created_at      TEXT NOT NULL
+);
+
+CREATE INDEX IF NOT EXISTS payments_by_order ON payments (order_id);
+
+-- Every movement of money, append-only. A refund's key is unique: one refund per payment.
+CREATE TABLE IF NOT EXISTS ledger (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    payment_id  TEXT NOT NULL REFERENCES payments (id),
+    customer_id TEXT NOT NULL,
+    kind        TEXT NOT NULL CHECK (kind IN ('charge', 'refund')),
+    amount      TEXT NOT NULL,
+    entry_key   TEXT NOT NULL UNIQUE,
+    at          TEXT NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS shipments (
+    id              TEXT PRIMARY KEY,
+    order_id        TEXT NOT NULL UNIQUE,
+    tracking_number TEXT NOT NULL UNIQUE,
+    -- created (dispatched once dispatch_at has passed), cancelled before dispatch, or returned
+    status          TEXT NOT NULL CHECK (status IN ('created', 'cancelled', 'returned')),
+    address         TEXT NOT NULL,
+    items           TEXT NOT NULL,
+    dispatch_at     TEXT NOT NULL,
+    created_at      TEXT NOT NULL,
+    updated_at      TEXT NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS notifications (
+    id         TEXT PRIMARY KEY,
+    dedup_key  TEXT NOT NULL UNIQUE,
+    user_id    TEXT,
+    template   TEXT NOT NULL,
+    data       TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+
+-- The HTTP API's Idempotency-Key records.
+CREATE TABLE IF NOT EXISTS api_requests (
+    idempotency_key TEXT PRIMARY KEY,
+    fingerprint     TEXT NOT NULL,
+    order_id        TEXT NOT NULL,
+    status_code     INTEGER,
+    response        TEXT,
+    created_at      TEXT NOT NULL
+);

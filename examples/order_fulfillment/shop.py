@@ -1,0 +1,285 @@
+"""The example's composition root: one SQLite file holds the sagas and the services' state.
+
+async with Shop("orders.db") as shop:
+    order = await shop.price_order(customer_id, [("SKU-001", 2, None)], address)
+    result = await shop.place(order)
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+from uuid import UUID, uuid4
+
+from saga_orchestrator import (
+    RetryPolicy,
+    SagaOrchestrator,
+    SagaResult,
+    SagaStatus,
+    SQLiteSagaRepository,
+)
+
+from .db import ShopDatabase
+from .domain import OrderData, OrderItem, ShippingAddress
+from .faults import FaultConfig, Faults
+from .saga import OrderFulfillmentSaga
+from .services import SQLiteInventory, SQLiteNotifications, SQLitePayments, SQLiteShipping
+
+DEMO_CATALOG: list[tuple[str, str, Decimal]] = [
+    ("SKU-001", "Widget", Decimal("29.99")),
+    ("SKU-002", "Gadget", Decimal("149.00")),
+    ("SKU-003", "Gizmo", Decimal("4.50")),
+    ("SKU-004", "Doohickey", Decimal("12.25")),
+]
+
+MAX_QUANTITY = 1000
+MAX_LINES = 100
+
+
+class InvalidOrderError(ValueError):
+    """An order the shop refuses before anything is written; `field` names the culprit."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class OrderLine:
+    sku: str
+    quantity: int
+    unit_price: Decimal | None = None
+    """The price the client saw; refused if it disagrees with the catalog."""
+
+
+class Shop:
+    """Services, saga store and orchestrator on one SQLite file, opened with `async with`."""
+
+    def __init__(
+        self,
+        db_path: str | Path,
+        *,
+        faults: FaultConfig | None = None,
+        dispatch_delay_seconds: float = 3600.0,
+        retry: RetryPolicy | None = None,
+        compensation_retry: RetryPolicy | None = None,
+    ) -> None:
+        self.db_path = Path(db_path)
+        self.faults = Faults(faults)
+        self.db = ShopDatabase(self.db_path)
+        self.repository = SQLiteSagaRepository(self.db_path)
+        self.inventory = SQLiteInventory(self.db, self.faults)
+        self.payments = SQLitePayments(self.db, self.faults)
+        self.shipping = SQLiteShipping(
+            self.db, self.faults, dispatch_delay_seconds=dispatch_delay_seconds
+        )
+        self.notifications = SQLiteNotifications(self.db, self.faults)
+        options: dict[str, Any] = {}
+        if retry is not None:
+            options["retry"] = retry
+        if compensation_retry is not None:
+            options["compensation_retry"] = compensation_retry
+        self.orchestrator = SagaOrchestrator(self.repository, **options)
+        self.orchestrator.register(OrderFulfillmentSaga.saga_type, self.saga)
+
+    async def __aenter__(self) -> Self:
+        await self.db.open()
+        await self.repository.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.repository.close()
+        await self.db.close()
+
+    # ------------------------------------------------------------------ orders
+
+    def saga(self, order: OrderData) -> OrderFulfillmentSaga:
+        """The order saga wired to this shop's services (also the recovery factory)."""
+        return OrderFulfillmentSaga(
+            order,
+            inventory_service=self.inventory,
+            payment_service=self.payments,
+            shipping_service=self.shipping,
+            notification_service=self.notifications,
+        )
+
+    async def place(self, order: OrderData) -> SagaResult[OrderData]:
+        return await self.orchestrator.execute(self.saga(order))
+
+    async def recover(self) -> list[SagaResult[Any]]:
+        """Finish the orders a previous process left unfinished; release expired stock."""
+        results = await self.orchestrator.recover()
+        await self.inventory.sweep_expired()
+        return results
+
+    async def price_order(
+        self,
+        customer_id: UUID,
+        lines: Sequence[OrderLine],
+        address: ShippingAddress,
+        *,
+        order_id: UUID | None = None,
+    ) -> OrderData:
+        """An order priced from the catalog (never from the client), or InvalidOrderError."""
+        if not 1 <= len(lines) <= MAX_LINES:
+            raise InvalidOrderError("items", f"an order has 1 to {MAX_LINES} items")
+        if not await self.payments.has_account(customer_id):
+            raise InvalidOrderError("customer_id", f"unknown customer {customer_id}")
+        catalog = await self.inventory.products()
+        items: list[OrderItem] = []
+        seen: set[str] = set()
+        for index, line in enumerate(lines):
+            where = f"items[{index}]"
+            product = catalog.get(line.sku)
+            if product is None:
+                raise InvalidOrderError(f"{where}.sku", f"unknown SKU {line.sku!r}")
+            if line.sku in seen:
+                raise InvalidOrderError(f"{where}.sku", f"SKU {line.sku!r} appears twice")
+            seen.add(line.sku)
+            if not 1 <= line.quantity <= MAX_QUANTITY:
+                raise InvalidOrderError(
+                    f"{where}.quantity", f"quantity must be 1 to {MAX_QUANTITY}"
+                )
+            if line.unit_price is not None and line.unit_price != product.price:
+                raise InvalidOrderError(
+                    f"{where}.unit_price",
+                    f"unit_price {line.unit_price} does not match the catalog price "
+                    f"{product.price} of {line.sku}",
+                )
+            items.append(OrderItem(line.sku, line.quantity, product.price, product.name))
+        return OrderData(
+            order_id=order_id or uuid4(),
+            customer_id=customer_id,
+            items=items,
+            shipping_address=address,
+            total=sum((item.unit_price * item.quantity for item in items), Decimal("0")),
+        )
+
+    # ------------------------------------------------------------------ demo data
+
+    async def seed_demo(self, *, customers: int, stock: int, rng: random.Random) -> list[UUID]:
+        """Create the demo catalog and customers (once per file); return customer ids."""
+        if not await self.inventory.products():
+            for sku, name, price in DEMO_CATALOG:
+                await self.inventory.add_product(sku, name, price, stock)
+        existing = await self.customers()
+        for _ in range(max(customers - len(existing), 0)):
+            # One in ten customers is nearly broke, so some payments are declined.
+            balance = Decimal(rng.choice(["5.00"] + ["5000.00"] * 9))
+            customer_id = uuid4()
+            await self.payments.open_account(customer_id, balance)
+            existing.append(customer_id)
+        return existing
+
+    async def customers(self) -> list[UUID]:
+        rows = await self.db.read(
+            lambda c: c.execute("SELECT customer_id FROM accounts ORDER BY rowid").fetchall()
+        )
+        return [UUID(r[0]) for r in rows]
+
+    # ------------------------------------------------------------------ invariants
+
+    async def check_invariants(self) -> list[str]:
+        """Every broken invariant, in words; an empty list when all hold.
+
+        - every saga is terminal;
+        - stock is conserved per SKU and never negative;
+        - no compensated order still holds or took stock;
+        - each customer's balance plus what they paid equals their opening balance;
+        - each order is charged at most once, and net charged equals its total exactly when
+          it completed, else zero (a FAILED saga, which needs an operator, is reported);
+        - at most one email per template and order.
+        """
+        problems: list[str] = []
+        sagas = await self.repository.list_sagas(limit=10_000_000)
+        status_of = {s.data.order_id: s.status for s in sagas}
+        totals = {s.data.order_id: s.data.total for s in sagas}
+        unfinished = [s for s in sagas if not s.is_terminal]
+        if unfinished:
+            problems.append(f"{len(unfinished)} sagas are not terminal")
+        failed = [s for s in sagas if s.status is SagaStatus.FAILED]
+        if failed:
+            problems.append(f"{len(failed)} sagas FAILED and need an operator")
+
+        def read(c: Any) -> dict[str, Any]:
+            return {
+                "products": c.execute("SELECT sku, stock, initial_stock FROM products").fetchall(),
+                "held": dict(
+                    c.execute(
+                        "SELECT i.sku || ':' || r.status, sum(i.quantity) FROM reservations r"
+                        " JOIN reservation_items i ON i.reservation_id = r.id"
+                        " GROUP BY i.sku, r.status"
+                    ).fetchall()
+                ),
+                "reservations": c.execute("SELECT order_id, status FROM reservations").fetchall(),
+                "accounts": c.execute(
+                    "SELECT customer_id, balance, initial_balance FROM accounts"
+                ).fetchall(),
+                "payments": c.execute(
+                    "SELECT order_id, customer_id, amount, status FROM payments"
+                ).fetchall(),
+                "ledger": c.execute("SELECT kind, amount FROM ledger").fetchall(),
+                "confirmations": c.execute(
+                    "SELECT dedup_key, count(*) FROM notifications GROUP BY dedup_key"
+                    " HAVING count(*) > 1"
+                ).fetchall(),
+            }
+
+        state = await self.db.read(read)
+        held = state["held"]
+        for sku, stock, initial in state["products"]:
+            active = held.get(f"{sku}:active", 0)
+            shipped = held.get(f"{sku}:committed", 0)
+            if stock < 0:
+                problems.append(f"stock of {sku} is negative: {stock}")
+            if stock + active + shipped != initial:
+                problems.append(
+                    f"stock of {sku} not conserved: {stock} available + {active} held + "
+                    f"{shipped} shipped != {initial}"
+                )
+        for order_id, status in state["reservations"]:
+            if status_of.get(UUID(order_id)) is SagaStatus.COMPENSATED and status != "released":
+                problems.append(f"order {order_id} is compensated but its stock is {status}")
+
+        paid: dict[str, Decimal] = {}
+        charged: dict[UUID, Decimal] = {}
+        charges: dict[UUID, int] = {}
+        for order_id, customer_id, amount, status in state["payments"]:
+            oid = UUID(order_id)
+            charges[oid] = charges.get(oid, 0) + 1
+            if status == "captured":
+                paid[customer_id] = paid.get(customer_id, Decimal("0")) + Decimal(amount)
+                charged[oid] = charged.get(oid, Decimal("0")) + Decimal(amount)
+        for customer_id, balance, initial in state["accounts"]:
+            if Decimal(balance) + paid.get(customer_id, Decimal("0")) != Decimal(initial):
+                problems.append(f"customer {customer_id}: balance and payments do not add up")
+        ledger = sum(
+            (Decimal(a) if kind == "charge" else -Decimal(a) for kind, a in state["ledger"]),
+            Decimal("0"),
+        )
+        if ledger != sum(charged.values(), Decimal("0")):
+            problems.append("the ledger does not balance against captured payments")
+        for order_id, count in charges.items():
+            if count > 1:
+                problems.append(f"order {order_id} was charged {count} times")
+        for order_id, status in status_of.items():
+            net = charged.get(order_id, Decimal("0"))
+            expected = totals[order_id] if status is SagaStatus.COMPLETED else Decimal("0")
+            if status is not SagaStatus.FAILED and net != expected:
+                problems.append(
+                    f"order {order_id} ({status.value}): net charged {net} != {expected}"
+                )
+        for key, count in state["confirmations"]:
+            problems.append(f"notification {key} sent {count} times")
+        return problems
