@@ -132,7 +132,13 @@ async def run(args: argparse.Namespace) -> int:
                 for r in c.execute("SELECT order_id FROM shipments WHERE status = 'returned'")
             }
         )
-        report(results + recovered, returned, elapsed, args, shop.faults.injected)
+        report(results + recovered, returned, shop.faults.injected)
+        if results:
+            rate = len(results) / elapsed if elapsed else float("inf")
+            print(
+                f"{len(results)} new orders in {elapsed:.1f} s ({rate:,.0f}/s) "
+                f"with {args.concurrency} in flight"
+            )
         problems = await shop.check_invariants()
     print("\ninvariants (whole database): stock conserved, money balances, no double charge,")
     print("net charged = total for completed orders and 0 otherwise, every saga terminal")
@@ -170,8 +176,6 @@ def path_of(result: SagaResult[OrderData], returned: set[UUID]) -> str:
 def report(
     results: list[SagaResult[OrderData]],
     returned: set[UUID],
-    elapsed: float,
-    args: argparse.Namespace,
     injected: dict[str, int],
 ) -> None:
     outcomes = Counter(r.status.value for r in results)
@@ -191,8 +195,6 @@ def report(
     if injected:
         faults = ", ".join(f"{kind} x{n}" for kind, n in sorted(injected.items()))
         print(f"faults injected: {faults}")
-    if results and elapsed:
-        print(f"{len(results)} orders in {elapsed:.1f} s with {args.concurrency} in flight")
 
 
 def progress(done: int, total: int) -> None:
