@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import random
 import sys
 import tempfile
@@ -26,6 +27,12 @@ from .faults import FaultConfig
 from .shop import DEMO_CATALOG, OrderLine, Shop
 
 ADDRESS = ShippingAddress("123 Main St", "Anytown", "CA", "12345", "US")
+FAULT_OPTIONS = [
+    ("--transient-rate", 0.03, "P(a service call fails transiently)"),
+    ("--reply-lost-rate", 0.02, "P(a call acts, then its reply is lost)"),
+    ("--permanent-rate", 0.01, "P(a forward call is refused for good)"),
+    ("--latency-ms", 2.0, "max random latency per service call"),
+]
 UNDO = {
     "reserve_inventory": "release",
     "process_payment": "refund",
@@ -45,22 +52,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--orders", type=int, default=300, help="orders to place")
     parser.add_argument("--concurrency", type=int, default=32, help="orders in flight at once")
     parser.add_argument(
-        "--db", type=Path, default=None, help="SQLite file (default: a new temporary file)"
+        "--db",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="SQLite file to use (default: a new temporary file; orders.db with --serve)",
     )
     parser.add_argument("--customers", type=int, default=100, help="demo customers to create")
     parser.add_argument("--stock", type=int, default=1000, help="initial stock per SKU")
-    parser.add_argument(
-        "--transient-rate", type=float, default=0.03, help="P(a call fails transiently)"
-    )
-    parser.add_argument(
-        "--reply-lost-rate", type=float, default=0.02, help="P(a call acts, then its reply is lost)"
-    )
-    parser.add_argument(
-        "--permanent-rate", type=float, default=0.01, help="P(a forward call is refused for good)"
-    )
-    parser.add_argument(
-        "--latency-ms", type=float, default=2.0, help="max random latency per service call"
-    )
+    for flag, demo_default, meaning in FAULT_OPTIONS:
+        parser.add_argument(
+            flag,
+            type=float,
+            default=argparse.SUPPRESS,
+            help=f"{meaning} (default: {demo_default} for the demo, 0 with --serve)",
+        )
     parser.add_argument(
         "--dispatch-delay",
         type=float,
@@ -73,6 +78,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1", help="--serve: address to listen on")
     parser.add_argument("--port", type=int, default=8000, help="--serve: port to listen on")
     args = parser.parse_args(argv)
+    args.db = getattr(args, "db", None)
+    for flag, demo_default, _ in FAULT_OPTIONS:
+        name = flag[2:].replace("-", "_")
+        if getattr(args, name, None) is None:
+            setattr(args, name, 0.0 if args.serve else demo_default)
+        if not math.isfinite(getattr(args, name)):
+            parser.error(f"{flag} must be a finite number")
+    if not math.isfinite(args.dispatch_delay):
+        parser.error("--dispatch-delay must be a finite number")
     if args.orders < 0 or args.concurrency < 1 or args.stock < 0 or args.customers < 1:
         parser.error("--orders and --stock must be >= 0, --concurrency and --customers >= 1")
     for name in ("transient_rate", "reply_lost_rate", "permanent_rate"):

@@ -7,11 +7,16 @@
   effect by its idempotency key rather than repeat it);
 - permanent: `ServiceRejectedError` before the call takes effect (forward calls only, so
   that compensations can always finish);
-- latency: a random delay of up to `latency_seconds` before each call.
+- latency: a random delay of up to `latency_seconds` before each call;
+- fail_operations: forward operations that are always refused (`ServiceRejectedError`), to
+  take one compensation path on purpose, e.g. ``FaultConfig(fail_operations={"shipping.create"})``.
+  Operation names: ``inventory.reserve``, ``payment.charge``, ``shipping.create``,
+  ``notification.order_confirmed``.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 
@@ -32,14 +37,20 @@ class FaultConfig:
     """Upper bound of the random delay added to each call."""
     seed: int | None = None
     """Seed for reproducible runs."""
+    fail_operations: frozenset[str] = frozenset()
+    """Forward operations refused every time, before they act (compensations never are)."""
 
     def __post_init__(self) -> None:
+        # Any iterable of names will do; stored as a frozenset so the config stays hashable.
+        object.__setattr__(self, "fail_operations", frozenset(self.fail_operations))
         for name in ("transient_rate", "reply_lost_rate", "permanent_rate"):
             value = getattr(self, name)
             if not 0 <= value <= 1:
                 raise ValueError(f"{name} must be within [0, 1], got {value}")
-        if self.latency_seconds < 0:
-            raise ValueError(f"latency_seconds must be >= 0, got {self.latency_seconds}")
+        if not (math.isfinite(self.latency_seconds) and self.latency_seconds >= 0):
+            raise ValueError(
+                f"latency_seconds must be a finite number >= 0, got {self.latency_seconds}"
+            )
 
 
 class Faults:
@@ -58,6 +69,9 @@ class Faults:
         config = self.config
         if config.latency_seconds:
             await anyio.sleep(self._rng.uniform(0, config.latency_seconds))
+        if not compensating and operation in config.fail_operations:
+            self._count("refused")
+            raise ServiceRejectedError(f"{operation}: request rejected (injected, always)")
         if self._rng.random() < config.transient_rate:
             self._count("transient")
             raise ServiceUnavailableError(f"{operation}: service unavailable (injected)")

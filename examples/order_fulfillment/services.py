@@ -156,15 +156,37 @@ class _Service:
 
 
 class SQLiteInventory(_Service):
-    async def add_product(self, sku: str, name: str, price: Decimal, stock: int) -> None:
-        def op(c: sqlite3.Connection) -> None:
-            c.execute(
+    async def seed_catalog(self, products: list[tuple[str, str, Decimal]], stock: int) -> bool:
+        """Add `products` only if the catalog is empty, in one transaction; return whether
+        it did (so two processes seeding a new file at once seed it once)."""
+
+        def op(c: sqlite3.Connection) -> bool:
+            if c.execute("SELECT 1 FROM products LIMIT 1").fetchone() is not None:
+                return False
+            c.executemany(
                 "INSERT INTO products (sku, name, price, stock, initial_stock)"
                 " VALUES (?, ?, ?, ?, ?)",
-                (sku, name, str(price), stock, stock),
+                [(sku, name, str(price), stock, stock) for sku, name, price in products],
+            )
+            return True
+
+        seeded: bool = await self.db.transaction(op)
+        return seeded
+
+    async def add_product(self, sku: str, name: str, price: Decimal, stock: int) -> bool:
+        """Add a product unless its SKU exists (then nothing changes); return whether added."""
+
+        def op(c: sqlite3.Connection) -> bool:
+            return bool(
+                c.execute(
+                    "INSERT INTO products (sku, name, price, stock, initial_stock)"
+                    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (sku) DO NOTHING",
+                    (sku, name, str(price), stock, stock),
+                ).rowcount
             )
 
-        await self.db.transaction(op)
+        added: bool = await self.db.transaction(op)
+        return added
 
     async def products(self) -> dict[str, Product]:
         rows = await self.db.read(
@@ -283,6 +305,20 @@ class SQLitePayments(_Service):
                 "INSERT INTO accounts (customer_id, balance, initial_balance) VALUES (?, ?, ?)",
                 (str(customer_id), str(balance), str(balance)),
             )
+
+        await self.db.transaction(op)
+
+    async def open_accounts_up_to(self, count: int, balances: Callable[[], Decimal]) -> None:
+        """Open accounts until there are `count`, in one transaction (safe to run twice)."""
+
+        def op(c: sqlite3.Connection) -> None:
+            existing = c.execute("SELECT count(*) FROM accounts").fetchone()[0]
+            for _ in range(max(count - existing, 0)):
+                balance = str(balances())
+                c.execute(
+                    "INSERT INTO accounts (customer_id, balance, initial_balance) VALUES (?, ?, ?)",
+                    (str(uuid4()), balance, balance),
+                )
 
         await self.db.transaction(op)
 

@@ -56,6 +56,8 @@ class OrderLine:
     quantity: int
     unit_price: Decimal | None = None
     """The price the client saw; refused if it disagrees with the catalog."""
+    name: str | None = None
+    """The product name the client saw; refused if it disagrees with the catalog."""
 
 
 class Shop:
@@ -114,8 +116,14 @@ class Shop:
             notification_service=self.notifications,
         )
 
-    async def place(self, order: OrderData) -> SagaResult[OrderData]:
-        return await self.orchestrator.execute(self.saga(order))
+    async def place(
+        self, order: OrderData, *, saga_id: UUID | None = None
+    ) -> SagaResult[OrderData]:
+        """Run the order's saga (under `saga_id`, if given: the same id never runs twice)."""
+        saga = self.saga(order)
+        if saga_id is not None:
+            saga.context.saga_id = saga_id
+        return await self.orchestrator.execute(saga)
 
     async def recover(self) -> list[SagaResult[Any]]:
         """Finish the orders a previous process left unfinished; release expired stock."""
@@ -147,15 +155,21 @@ class Shop:
             if line.sku in seen:
                 raise InvalidOrderError(f"{where}.sku", f"SKU {line.sku!r} appears twice")
             seen.add(line.sku)
-            if not 1 <= line.quantity <= MAX_QUANTITY:
+            if type(line.quantity) is not int or not 1 <= line.quantity <= MAX_QUANTITY:
                 raise InvalidOrderError(
-                    f"{where}.quantity", f"quantity must be 1 to {MAX_QUANTITY}"
+                    f"{where}.quantity", f"quantity must be a whole number from 1 to {MAX_QUANTITY}"
                 )
             if line.unit_price is not None and line.unit_price != product.price:
                 raise InvalidOrderError(
                     f"{where}.unit_price",
                     f"unit_price {line.unit_price} does not match the catalog price "
                     f"{product.price} of {line.sku}",
+                )
+            if line.name is not None and line.name != product.name:
+                raise InvalidOrderError(
+                    f"{where}.name",
+                    f"name {line.name!r} does not match the catalog name {product.name!r} "
+                    f"of {line.sku}",
                 )
             items.append(OrderItem(line.sku, line.quantity, product.price, product.name))
         return OrderData(
@@ -169,24 +183,27 @@ class Shop:
     # ------------------------------------------------------------------ demo data
 
     async def seed_demo(self, *, customers: int, stock: int, rng: random.Random) -> list[UUID]:
-        """Create the demo catalog and customers (once per file); return customer ids."""
-        if not await self.inventory.products():
-            for sku, name, price in DEMO_CATALOG:
-                await self.inventory.add_product(sku, name, price, stock)
-        existing = await self.customers()
-        for _ in range(max(customers - len(existing), 0)):
-            # One in ten customers is nearly broke, so some payments are declined.
-            balance = Decimal(rng.choice(["5.00"] + ["5000.00"] * 9))
-            customer_id = uuid4()
-            await self.payments.open_account(customer_id, balance)
-            existing.append(customer_id)
-        return existing
+        """Create the demo catalog and customers (once per file); return customer ids.
 
-    async def customers(self) -> list[UUID]:
-        rows = await self.db.read(
-            lambda c: c.execute("SELECT customer_id FROM accounts ORDER BY rowid").fetchall()
+        Safe when several processes seed the same new file at once: the catalog is added
+        only to an empty one, and accounts are topped up to `customers`, each in one
+        transaction.
+        """
+        await self.inventory.seed_catalog(DEMO_CATALOG, stock)
+        # One in ten customers is nearly broke, so some payments are declined.
+        await self.payments.open_accounts_up_to(
+            customers, lambda: Decimal(rng.choice(["5.00"] + ["5000.00"] * 9))
         )
-        return [UUID(r[0]) for r in rows]
+        return await self.customers()
+
+    async def customers(self, *, min_balance: Decimal | None = None) -> list[UUID]:
+        """Customer ids in creation order; only those with at least `min_balance`, if given."""
+        rows = await self.db.read(
+            lambda c: c.execute(
+                "SELECT customer_id, balance FROM accounts ORDER BY rowid"
+            ).fetchall()
+        )
+        return [UUID(r[0]) for r in rows if min_balance is None or Decimal(r[1]) >= min_balance]
 
     # ------------------------------------------------------------------ invariants
 
