@@ -39,6 +39,9 @@ class SagaEvent:
     error: str | None = None
     will_retry: bool = False
     """For failure events: whether another attempt is scheduled."""
+    duration_seconds: float | None = None
+    """Step events: how long the attempt ran. Terminal saga events: seconds since the saga
+    was first stored. ``None`` where it does not apply."""
     correlation_id: str | None = None
     event_id: UUID = field(default_factory=uuid4)
     """Stable identity for consumers to deduplicate redeliveries."""

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+import time
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -50,6 +51,14 @@ class _Pending:
 
     def add(self, type_: SagaEventType, **fields: Any) -> None:
         self.items.append({"type": type_, **fields})
+
+
+@dataclass(slots=True)
+class _Outcome:
+    """How a call of user code went, and how long it took (for events and metrics)."""
+
+    failure: _Failure | None
+    seconds: float
 
 
 @dataclass(slots=True)
@@ -200,9 +209,55 @@ class SagaOrchestrator:
         await self._commit(context, pending)
         return await self._drive(context)
 
+    async def cancel(
+        self, saga_id: UUID, reason: str = "cancelled by an operator"
+    ) -> SagaResult[Any]:
+        """Stop a running saga and compensate what it did, then return its result.
+
+        The step in flight, if any, counts as possibly done and is compensated too. If
+        another orchestrator is driving the saga, this write moves the stored version on:
+        that orchestrator stops at its next transition (SagaConflictError) and this one
+        compensates.
+        """
+        context = await self._load(saga_id)
+        if context.status is not SagaStatus.RUNNING:
+            raise SagaStateError(
+                f"saga {saga_id} is {context.status.value}; only a running saga can be cancelled",
+                saga_id=saga_id,
+            )
+        self.registry.rebuild(context)
+        index = context.current_step_index
+        state = context.steps[index]
+        pending = _Pending()
+        if state.status is StepStatus.RUNNING or state.attempts:
+            if state.status is StepStatus.RUNNING:
+                state.effect_possible = True
+                state.error = f"cancelled while attempt {state.attempts} was running"
+            state.status = StepStatus.FAILED
+            state.next_attempt_at = None
+            pending.add(
+                SagaEventType.STEP_FAILED,
+                step=state.name,
+                attempt=state.attempts,
+                error=state.error,
+            )
+        self._enter_compensation(context, index, f"cancelled: {reason}", pending)
+        await self._commit(context, pending)
+        return await self._drive(context)
+
     async def get(self, saga_id: UUID) -> SagaContext[Any] | None:
         """The stored state of a saga, or ``None``."""
         return await self.repository.get(saga_id)
+
+    async def list_sagas(
+        self,
+        *,
+        statuses: Collection[SagaStatus] | None = None,
+        saga_type: str | None = None,
+        limit: int = 1000,
+    ) -> list[SagaContext[Any]]:
+        """Stored sagas, oldest first (see ``SagaRepository.list_sagas``)."""
+        return await self.repository.list_sagas(statuses=statuses, saga_type=saga_type, limit=limit)
 
     # ------------------------------------------------------------------ driving
 
@@ -281,9 +336,10 @@ class SagaOrchestrator:
             context.current_step_index = min(index + 1, len(context.steps) - 1)
             return
 
-        outcome = await self._attempt(context, step, state)
-        if not isinstance(outcome, _Failure):
-            await self._complete_step(context, index)
+        result = await self._attempt(context, step, state)
+        outcome = result.failure
+        if outcome is None:
+            await self._complete_step(context, index, result.seconds)
             return
         state.error = outcome.text
         state.effect_possible = state.effect_possible or outcome.effect_possible
@@ -291,7 +347,7 @@ class SagaOrchestrator:
         if can_retry:
             nxt = self._check_can_attempt(context, step, state, policy)
             if nxt is None:
-                await self._schedule_retry(context, index, policy, outcome)
+                await self._schedule_retry(context, index, policy, outcome, result.seconds)
                 return
             if not step.retriable:
                 outcome = _Failure(
@@ -299,7 +355,7 @@ class SagaOrchestrator:
                     retryable=False,
                     effect_possible=outcome.effect_possible,
                 )
-        await self._fail_step(context, index, outcome)
+        await self._fail_step(context, index, outcome, result.seconds)
 
     def _check_can_attempt(
         self, context: SagaContext[Any], step: SagaStep[Any], state: StepState, policy: RetryPolicy
@@ -333,7 +389,7 @@ class SagaOrchestrator:
         context.current_step_index = index
         pending.add(SagaEventType.STEP_STARTED, step=state.name, attempt=state.attempts)
 
-    async def _complete_step(self, context: SagaContext[Any], index: int) -> None:
+    async def _complete_step(self, context: SagaContext[Any], index: int, seconds: float) -> None:
         now = self.clock.now()
         state = context.steps[index]
         state.status = StepStatus.COMPLETED
@@ -341,12 +397,17 @@ class SagaOrchestrator:
         state.next_attempt_at = None
         state.effect_possible = False  # it acted, for sure: "possibly" no longer applies
         pending = _Pending()
-        pending.add(SagaEventType.STEP_COMPLETED, step=state.name, attempt=state.attempts)
+        pending.add(
+            SagaEventType.STEP_COMPLETED,
+            step=state.name,
+            attempt=state.attempts,
+            duration_seconds=seconds,
+        )
         nxt = index + 1
         if nxt == len(context.steps):
             context.status = SagaStatus.COMPLETED
             context.error = None
-            pending.add(SagaEventType.SAGA_COMPLETED)
+            pending.add(SagaEventType.SAGA_COMPLETED, duration_seconds=_age(context, now))
         else:
             step = _saga_of(context).steps[nxt]
             deadline_passed = context.deadline is not None and now >= context.deadline
@@ -364,7 +425,12 @@ class SagaOrchestrator:
         await self._commit(context, pending)
 
     async def _schedule_retry(
-        self, context: SagaContext[Any], index: int, policy: RetryPolicy, failure: _Failure
+        self,
+        context: SagaContext[Any],
+        index: int,
+        policy: RetryPolicy,
+        failure: _Failure,
+        seconds: float,
     ) -> None:
         state = context.steps[index]
         delay = policy.backoff_seconds(state.attempts)
@@ -377,10 +443,13 @@ class SagaOrchestrator:
             attempt=state.attempts,
             error=failure.text,
             will_retry=True,
+            duration_seconds=seconds,
         )
         await self._commit(context, pending)
 
-    async def _fail_step(self, context: SagaContext[Any], index: int, failure: _Failure) -> None:
+    async def _fail_step(
+        self, context: SagaContext[Any], index: int, failure: _Failure, seconds: float | None = None
+    ) -> None:
         state = context.steps[index]
         state.status = StepStatus.FAILED
         state.error = failure.text
@@ -392,6 +461,7 @@ class SagaOrchestrator:
             step=state.name,
             attempt=state.attempts,
             error=failure.text,
+            duration_seconds=seconds,
         )
         self._enter_compensation(context, index, f"{state.name}: {failure.text}", pending)
         await self._commit(context, pending)
@@ -432,7 +502,11 @@ class SagaOrchestrator:
 
     def _finish_compensation(self, context: SagaContext[Any], pending: _Pending) -> None:
         context.status = SagaStatus.COMPENSATED
-        pending.add(SagaEventType.SAGA_COMPENSATED, error=context.error)
+        pending.add(
+            SagaEventType.SAGA_COMPENSATED,
+            error=context.error,
+            duration_seconds=_age(context, self.clock.now()),
+        )
 
     async def _advance_compensation(self, context: SagaContext[Any]) -> None:
         index = context.current_step_index
@@ -453,9 +527,10 @@ class SagaOrchestrator:
         # A compensation and the write recording it are not abandoned half-way.
         with anyio.CancelScope(shield=True):
             assert step.compensation is not None
-            failure = await self._call_guarded(
+            called = await self._call_guarded(
                 context, step, Phase.COMPENSATION, state.compensation_attempts, step.compensation
             )
+            failure = called.failure
             pending = _Pending()
             if failure is None:
                 state.status = StepStatus.COMPENSATED
@@ -465,6 +540,7 @@ class SagaOrchestrator:
                     SagaEventType.STEP_COMPENSATED,
                     step=state.name,
                     attempt=state.compensation_attempts,
+                    duration_seconds=called.seconds,
                 )
                 if not self._begin_next_compensation(context, index - 1, pending):
                     self._finish_compensation(context, pending)
@@ -477,6 +553,7 @@ class SagaOrchestrator:
                     attempt=state.compensation_attempts,
                     error=failure.text,
                     will_retry=will_retry,
+                    duration_seconds=called.seconds,
                 )
                 if will_retry:
                     delay = policy.backoff_seconds(state.compensation_attempts)
@@ -495,13 +572,18 @@ class SagaOrchestrator:
             f"{context.error}; compensating {state.name} failed after "
             f"{state.compensation_attempts} attempts: {error}"
         )
-        pending.add(SagaEventType.SAGA_FAILED, step=state.name, error=context.error)
+        pending.add(
+            SagaEventType.SAGA_FAILED,
+            step=state.name,
+            error=context.error,
+            duration_seconds=_age(context, self.clock.now()),
+        )
 
     # ------------------------------------------------------------------ calling user code
 
     async def _attempt(
         self, context: SagaContext[Any], step: SagaStep[Any], state: StepState
-    ) -> _Failure | None:
+    ) -> _Outcome:
         """One attempt of a forward step, idempotency replay included; result applied."""
         store = self.idempotency_store
         key = context.idempotency_key(step.name)
@@ -509,15 +591,15 @@ class SagaOrchestrator:
             cached = await store.get(key)
             if cached is not None:
                 _apply(context, self._check_result(context, step.name, loads(cached)))
-                return None
+                return _Outcome(None, 0.0)
         result_box: list[Any] = []
 
         async def action(data: Any) -> None:
             result_box.append(await step.action(data))
 
-        failure = await self._call_guarded(context, step, Phase.ACTION, state.attempts, action)
-        if failure is not None:
-            return failure
+        called = await self._call_guarded(context, step, Phase.ACTION, state.attempts, action)
+        if called.failure is not None:
+            return called
         result = result_box[0]
         try:
             checked = self._check_result(context, step.name, result)
@@ -529,8 +611,9 @@ class SagaOrchestrator:
             _apply(context, checked)
         except (InvalidStepResultError, SerializationError) as exc:
             # The action ran, so its effect may exist: compensate it, do not retry it.
-            return _Failure(text=_describe(exc), retryable=False, effect_possible=True)
-        return None
+            failure = _Failure(text=_describe(exc), retryable=False, effect_possible=True)
+            return _Outcome(failure, called.seconds)
+        return called
 
     async def _call_guarded(
         self,
@@ -539,7 +622,7 @@ class SagaOrchestrator:
         phase: Phase,
         attempt: int,
         fn: Callable[[Any], Awaitable[Any]],
-    ) -> _Failure | None:
+    ) -> _Outcome:
         run = StepRun(
             saga_id=context.saga_id,
             saga_type=context.saga_type,
@@ -559,6 +642,7 @@ class SagaOrchestrator:
             call = _wrap(interceptor, run, call)
         policy = (step.retry or self.default_retry) if phase is Phase.ACTION else None
         token = _current.set(run)
+        started = time.perf_counter()
         try:
             if timeout is None:
                 await call()
@@ -566,27 +650,36 @@ class SagaOrchestrator:
                 with anyio.fail_after(max(timeout, 0.0)):
                     await call()
         except Exception as exc:
+            seconds = time.perf_counter() - started
             retryable = policy.should_retry(exc) if policy is not None else True
             if isinstance(exc, TimeoutError) and timeout is not None:
                 text = f"TimeoutError: no result within {timeout:g}s"
             else:
                 text = _describe(exc)
+            event = "saga.step.failed" if phase is Phase.ACTION else "saga.compensation.failed"
             logger.warning(
-                "saga.%s.failed: %s %s attempt %d: %s",
-                "step" if phase is Phase.ACTION else "compensation",
+                "%s: %s %s attempt %d: %s",
+                event,
                 context.saga_type,
                 step.name,
                 attempt,
                 text,
-                extra={"saga_id": str(context.saga_id), "step": step.name},
+                extra={
+                    "event": event,
+                    "saga_id": str(context.saga_id),
+                    "saga_type": context.saga_type,
+                    "step": step.name,
+                    "attempt": attempt,
+                },
             )
             # A business refusal means the step did not act; after a timeout or a transient
             # error nobody knows, so the step counts as possibly done.
             effect_possible = retryable or isinstance(exc, TimeoutError | ConnectionError)
-            return _Failure(text=text, retryable=retryable, effect_possible=effect_possible)
+            failure = _Failure(text=text, retryable=retryable, effect_possible=effect_possible)
+            return _Outcome(failure, seconds)
         finally:
             _current.reset(token)
-        return None
+        return _Outcome(None, time.perf_counter() - started)
 
     def _check_result(self, context: SagaContext[Any], step: str, result: Any) -> dict[str, Any]:
         if result is None:
@@ -632,7 +725,7 @@ class SagaOrchestrator:
         while True:
             state.attempts += 1
             state.status = StepStatus.RUNNING
-            failure = await self._attempt(context, definition, state)
+            failure = (await self._attempt(context, definition, state)).failure
             if failure is None:
                 state.status = StepStatus.COMPLETED
                 return True
@@ -653,7 +746,12 @@ class SagaOrchestrator:
         # Sequence numbers always advance; the event objects are built only when someone
         # consumes them (a listener, a publisher, or a repository with an outbox).
         events: list[SagaEvent] = []
-        if self.listeners or self.event_publisher is not None or self._repository_stores_events:
+        if (
+            self.listeners
+            or self.event_publisher is not None
+            or self._repository_stores_events
+            or logger.isEnabledFor(logging.INFO)
+        ):
             events = [
                 SagaEvent(
                     saga_id=context.saga_id,
@@ -684,6 +782,9 @@ class SagaOrchestrator:
     async def _emit(self, events: Sequence[SagaEvent]) -> None:
         if not events:
             return
+        if logger.isEnabledFor(logging.INFO):
+            for event in events:
+                _log_event(event)
         for listener in self.listeners:
             for event in events:
                 try:
@@ -707,6 +808,35 @@ class SagaOrchestrator:
         delay = (when - self.clock.now()).total_seconds()
         if delay > 0 and math.isfinite(delay):
             await self.clock.sleep(delay)
+
+
+def _log_event(event: SagaEvent) -> None:
+    """One INFO record per lifecycle event, named `saga.<event type>`, ids in `extra`."""
+    name = event.type.value if event.type.value.startswith("saga.") else f"saga.{event.type}"
+    level = logging.WARNING if event.type is SagaEventType.SAGA_FAILED else logging.INFO
+    logger.log(
+        level,
+        "%s: %s %s%s%s",
+        name,
+        event.saga_type,
+        event.saga_id,
+        f" {event.step}" if event.step else "",
+        f" ({event.error})" if event.error else "",
+        extra={
+            "event": name,
+            "saga_id": str(event.saga_id),
+            "saga_type": event.saga_type,
+            "step": event.step,
+            "attempt": event.attempt,
+            "sequence": event.sequence,
+            "correlation_id": event.correlation_id,
+        },
+    )
+
+
+def _age(context: SagaContext[Any], now: datetime) -> float | None:
+    """Seconds since the saga was first stored, for its terminal event."""
+    return (now - context.created_at).total_seconds() if context.created_at else None
 
 
 def _apply(context: SagaContext[Any], checked: Mapping[str, Any]) -> None:

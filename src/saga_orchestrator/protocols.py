@@ -22,6 +22,7 @@ __all__ = [
     "IdempotencyStore",
     "SagaListener",
     "SagaRepository",
+    "SagaStatusCounter",
     "StepInterceptor",
 ]
 
@@ -76,6 +77,18 @@ class SagaRepository(Protocol):
         limit: int = 1000,
     ) -> list[SagaContext[Any]]:
         """Stored sagas, oldest first, filtered by status and type."""
+        ...
+
+
+@runtime_checkable
+class SagaStatusCounter(Protocol):
+    """Optional repository capability: counts of stored sagas, for gauges shared by every
+    process (``saga_states``). Both built-in repositories have it."""
+
+    async def count_by_status(
+        self, statuses: Collection[SagaStatus]
+    ) -> dict[tuple[str, SagaStatus], int]:
+        """``{(saga_type, status): count}`` for the given statuses (absent means 0)."""
         ...
 
 

@@ -106,6 +106,17 @@ class InMemorySagaRepository:
         ]
         return [decode_context(row.state) for row in selected[:limit]]
 
+    async def count_by_status(
+        self, statuses: Collection[SagaStatus]
+    ) -> dict[tuple[str, SagaStatus], int]:
+        await checkpoint()
+        counts: dict[tuple[str, SagaStatus], int] = {}
+        for row in self._rows.values():
+            if row.status in statuses:
+                key = (row.saga_type, row.status)
+                counts[key] = counts.get(key, 0) + 1
+        return counts
+
 
 class InMemoryIdempotencyStore:
     """An :class:`~saga_orchestrator.protocols.IdempotencyStore` in a dict."""

@@ -352,6 +352,24 @@ class SQLiteSagaRepository(_SQLiteBase):
         )
         return [decode_context(row[0]) for row in rows]
 
+    async def count_by_status(
+        self, statuses: Collection[SagaStatus]
+    ) -> dict[tuple[str, SagaStatus], int]:
+        if not statuses:
+            return {}
+        values = [SagaStatus(s).value for s in statuses]
+        # Served by the partial indexes on active and failed sagas: cheap however many
+        # finished sagas are stored, as long as `statuses` are among those.
+        rows = await self._db.read(
+            lambda c: c.execute(
+                "SELECT saga_type, status, count(*) FROM sagas"
+                f" WHERE status IN ({', '.join('?' for _ in values)})"
+                " GROUP BY saga_type, status",
+                values,
+            ).fetchall()
+        )
+        return {(row[0], SagaStatus(row[1])): row[2] for row in rows}
+
 
 class SQLiteIdempotencyStore(_SQLiteBase):
     """An :class:`~saga_orchestrator.protocols.IdempotencyStore` in a SQLite file.
