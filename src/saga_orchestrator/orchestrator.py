@@ -186,13 +186,7 @@ class SagaOrchestrator:
         Use it once the cause is fixed (the refund API is back). The step's compensation
         attempts start again from 1.
         """
-        context = await self._load(saga_id)
-        if context.status is not SagaStatus.FAILED:
-            raise SagaStateError(
-                f"saga {saga_id} is {context.status.value}; only a failed saga can be retried",
-                saga_id=saga_id,
-            )
-        self.registry.rebuild(context)
+        context = await self._load_rebuilt(saga_id, SagaStatus.FAILED, "retried")
         index = next(
             (
                 i
@@ -219,13 +213,7 @@ class SagaOrchestrator:
         that orchestrator stops at its next transition (SagaConflictError) and this one
         compensates.
         """
-        context = await self._load(saga_id)
-        if context.status is not SagaStatus.RUNNING:
-            raise SagaStateError(
-                f"saga {saga_id} is {context.status.value}; only a running saga can be cancelled",
-                saga_id=saga_id,
-            )
-        self.registry.rebuild(context)
+        context = await self._load_rebuilt(saga_id, SagaStatus.RUNNING, "cancelled")
         index = context.current_step_index
         state = context.steps[index]
         pending = _Pending()
@@ -265,6 +253,20 @@ class SagaOrchestrator:
         context = await self.repository.get(saga_id)
         if context is None:
             raise SagaNotFoundError(saga_id)
+        return context
+
+    async def _load_rebuilt(
+        self, saga_id: UUID, status: SagaStatus, done_to_it: str
+    ) -> SagaContext[Any]:
+        """The stored saga, rebuilt for driving, if it is in `status`; else SagaStateError."""
+        context = await self._load(saga_id)
+        if context.status is not status:
+            raise SagaStateError(
+                f"saga {saga_id} is {context.status.value}; "
+                f"only a {status.value} saga can be {done_to_it}",
+                saga_id=saga_id,
+            )
+        self.registry.rebuild(context)
         return context
 
     async def _start(self, context: SagaContext[Any]) -> None:
