@@ -8,7 +8,6 @@ python -m order_fulfillment --serve         # the HTTP API instead
 from __future__ import annotations
 
 import argparse
-import logging
 import math
 import random
 import sys
@@ -74,11 +73,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=7, help="random seed for orders and faults")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--metrics-out",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="after the run, write the saga metrics (Prometheus text format) to this file",
+    )
+    parser.add_argument(
+        "--log-format", choices=["text", "json"], default="text", help="how logs look on stderr"
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        default="ERROR",
+        help="INFO shows every saga transition",
+    )
     parser.add_argument("--serve", action="store_true", help="serve the HTTP API instead")
     parser.add_argument("--host", default="127.0.0.1", help="--serve: address to listen on")
     parser.add_argument("--port", type=int, default=8000, help="--serve: port to listen on")
     args = parser.parse_args(argv)
     args.db = getattr(args, "db", None)
+    args.metrics_out = getattr(args, "metrics_out", None)
     for flag, demo_default, _ in FAULT_OPTIONS:
         name = flag[2:].replace("-", "_")
         if getattr(args, name, None) is None:
@@ -119,6 +134,12 @@ async def run(args: argparse.Namespace) -> int:
     print(f"order-fulfilment demo: SQLite file {db}")
     rng = random.Random(args.seed)
     async with make_shop(args, db) as shop:
+        metrics = None
+        if args.metrics_out:
+            from .observability import SagaMetrics  # needs prometheus-client
+
+            metrics = SagaMetrics(shop.repository)
+            shop.orchestrator.listeners.append(metrics.listener)
         recovered = await shop.recover()
         if recovered:
             print(f"recovered {len(recovered)} unfinished orders from an earlier run")
@@ -154,6 +175,9 @@ async def run(args: argparse.Namespace) -> int:
                 f"with {args.concurrency} in flight"
             )
         problems = await shop.check_invariants()
+        if metrics is not None:
+            args.metrics_out.write_bytes(await metrics.exposition())
+            print(f"metrics written to {args.metrics_out}")
     print("\ninvariants (whole database): stock conserved, money balances, no double charge,")
     print("net charged = total for completed orders and 0 otherwise, every saga terminal")
     for line in problems or ["all hold"]:
@@ -222,7 +246,9 @@ def progress(done: int, total: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    from .logs import configure_logging
+
+    configure_logging(args.log_level, args.log_format)
     if args.serve:
         from .api import serve
 

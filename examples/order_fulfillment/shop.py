@@ -8,7 +8,7 @@ async with Shop("orders.db") as shop:
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -18,11 +18,13 @@ from uuid import UUID, uuid4
 
 from saga_orchestrator import (
     RetryPolicy,
+    SagaListener,
     SagaOrchestrator,
     SagaResult,
     SagaStatus,
     SQLiteSagaRepository,
 )
+from saga_orchestrator.protocols import StepInterceptor
 
 from .db import ShopDatabase
 from .domain import OrderData, OrderItem, ShippingAddress
@@ -71,6 +73,8 @@ class Shop:
         dispatch_delay_seconds: float = 3600.0,
         retry: RetryPolicy | None = None,
         compensation_retry: RetryPolicy | None = None,
+        listeners: Iterable[SagaListener] = (),
+        interceptors: Iterable[StepInterceptor] = (),
     ) -> None:
         self.db_path = Path(db_path)
         self.faults = Faults(faults)
@@ -87,7 +91,9 @@ class Shop:
             options["retry"] = retry
         if compensation_retry is not None:
             options["compensation_retry"] = compensation_retry
-        self.orchestrator = SagaOrchestrator(self.repository, **options)
+        self.orchestrator = SagaOrchestrator(
+            self.repository, listeners=listeners, interceptors=interceptors, **options
+        )
         self.orchestrator.register(OrderFulfillmentSaga.saga_type, self.saga)
 
     async def __aenter__(self) -> Self:

@@ -106,6 +106,10 @@ class SagaOrchestrator:
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.listeners = list(listeners)
         self.interceptors = list(interceptors)
+        # An interceptor that also listens (tracing) needs registering only once.
+        for interceptor in self.interceptors:
+            if isinstance(interceptor, SagaListener) and interceptor not in self.listeners:
+                self.listeners.append(interceptor)
         if recovery_concurrency < 1:
             raise ValueError("recovery_concurrency must be >= 1")
         self.recovery_concurrency = recovery_concurrency

@@ -8,9 +8,11 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from ..observability import SagaMetrics
 from ..shop import Shop
 from .health import health_router
 from .idempotency import IdempotencyKeys
+from .metrics import metrics_router
 from .models import Problem
 from .orders import orders_router
 from .problems import MAX_BODY_BYTES, BodySizeLimit, add_problem_handlers
@@ -21,13 +23,20 @@ logger = logging.getLogger("order_fulfillment.api")
 def create_app(shop: Shop) -> FastAPI:
     """The HTTP API over ``shop``, which the app opens (and recovers) at start-up."""
 
+    metrics = SagaMetrics(shop.repository)
+    shop.orchestrator.listeners.append(metrics.listener)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         async with shop:
             recovered = await shop.recover()
             if recovered:
                 logger.info("api.recovered %d unfinished orders", len(recovered))
-            yield {"shop": shop, "idempotency_keys": IdempotencyKeys(shop.db)}
+            yield {
+                "shop": shop,
+                "idempotency_keys": IdempotencyKeys(shop.db),
+                "metrics": metrics,
+            }
 
     app = FastAPI(
         title="Order fulfilment",
@@ -37,6 +46,7 @@ def create_app(shop: Shop) -> FastAPI:
     )
     app.include_router(orders_router())
     app.include_router(health_router())
+    app.include_router(metrics_router())
     app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
     add_problem_handlers(app)
 
