@@ -527,3 +527,60 @@ class Duplicated(BaseSaga[TripData]):
 
     def define_steps(self) -> list[SagaStep[TripData]]:
         return [SagaStep("a", _noop), SagaStep("a", _noop)]
+
+
+async def test_cancel_compensates_a_running_saga(saga_repo: SagaRepository) -> None:
+    """cancel(): the step in flight counts as possibly done; all is undone in reverse."""
+    gate = anyio.Event()
+    log: list[str] = []
+
+    async def blocked(step: str, attempt: int) -> dict[str, Any]:
+        await gate.wait()
+        return {"car": "c"}
+
+    saga = TripSaga(TripData(), log, behaviour={"car": blocked})
+    with anyio.move_on_after(0.2):  # the process driving it stops (or is elsewhere)
+        await orchestrator(saga_repo).execute(saga)
+
+    operator = orchestrator(saga_repo)
+    operator.register("trip", lambda data: TripSaga(data, log))
+    result = await operator.cancel(saga.context.saga_id, "customer changed their mind")
+    assert result.status is SagaStatus.COMPENSATED
+    assert result.error == "cancelled: customer changed their mind"
+    assert log == ["flight#1", "hotel#1", "car#1", "undo-car#1", "undo-hotel#1", "undo-flight#1"]
+    with pytest.raises(SagaStateError, match="only a running saga can be cancelled"):
+        await operator.cancel(saga.context.saga_id)
+
+
+async def test_cancel_stops_the_orchestrator_driving_the_saga(saga_repo: SagaRepository) -> None:
+    """The orchestrator mid-step loses its next write and stops; nothing runs twice."""
+    entered = anyio.Event()
+    gate = anyio.Event()
+    log: list[str] = []
+
+    async def blocked(step: str, attempt: int) -> dict[str, Any]:
+        entered.set()
+        await gate.wait()
+        return {"hotel": "h"}
+
+    saga = TripSaga(TripData(), log, behaviour={"hotel": blocked})
+    outcome: list[str] = []
+
+    async def drive() -> None:
+        try:
+            await orchestrator(saga_repo).execute(saga)
+            outcome.append("finished")
+        except SagaConflictError:
+            outcome.append("stopped")
+
+    operator = orchestrator(saga_repo)
+    operator.register("trip", lambda data: TripSaga(data, log))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(drive)
+        await entered.wait()
+        result = await operator.cancel(saga.context.saga_id)
+        gate.set()
+    assert outcome == ["stopped"]
+    assert result.status is SagaStatus.COMPENSATED
+    assert log == ["flight#1", "hotel#1", "undo-hotel#1", "undo-flight#1"]
+    assert "car#1" not in log
