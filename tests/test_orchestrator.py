@@ -584,3 +584,34 @@ async def test_cancel_stops_the_orchestrator_driving_the_saga(saga_repo: SagaRep
     assert result.status is SagaStatus.COMPENSATED
     assert log == ["flight#1", "hotel#1", "undo-hotel#1", "undo-flight#1"]
     assert "car#1" not in log
+
+
+async def test_recover_goes_on_past_a_saga_it_cannot_resume(
+    saga_repo: SagaRepository, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A factory that raises for one saga leaves that saga as it was; the others finish."""
+    gate = anyio.Event()
+
+    async def blocked(step: str, attempt: int) -> dict[str, Any]:
+        await gate.wait()
+        return {}
+
+    sagas = [TripSaga(TripData(), behaviour={"car": blocked}) for _ in range(2)]
+    for saga in sagas:
+        with anyio.move_on_after(0.1):
+            await orchestrator(saga_repo).execute(saga)
+    broken_id = sagas[0].context.data.trip_id
+
+    def factory(data: TripData) -> TripSaga:
+        if data.trip_id == broken_id:
+            raise RuntimeError("cannot build this one")
+        return TripSaga(data)
+
+    recovering = orchestrator(saga_repo)
+    recovering.register("trip", factory)
+    results = await recovering.recover()
+    assert [r.saga_id for r in results] == [sagas[1].context.saga_id]
+    stored = await saga_repo.get(sagas[0].context.saga_id)
+    assert stored is not None
+    assert stored.status is SagaStatus.RUNNING
+    assert any(getattr(r, "event", None) == "saga.recovery.failed" for r in caplog.records)

@@ -16,7 +16,6 @@ ROOT = Path(__file__).resolve().parent.parent
 
 USER_CODE = textwrap.dedent(
     """
-    import sys
     from dataclasses import dataclass
     from decimal import Decimal
 
@@ -48,14 +47,11 @@ USER_CODE = textwrap.dedent(
             return [SagaStep("charge", charge, refund), SagaStep("boom", boom)]
 
 
-    async def main():
-        async with SQLiteSagaRepository(sys.argv[1]) as repo:
+    async def main(path):
+        async with SQLiteSagaRepository(path) as repo:
             result = await SagaOrchestrator(repo).execute(Charge(Data(Decimal("9.99"))))
         assert result.status is SagaStatus.COMPENSATED, result
         print("status", result.status.value)
-
-
-    anyio.run(main)
     """
 )
 
@@ -90,11 +86,16 @@ def test_wheel_installs_into_a_fresh_venv_and_runs_a_saga(tmp_path: Path) -> Non
         check=True,
         capture_output=True,
     )
-    script = tmp_path / "user_saga.py"
-    script.write_text(USER_CODE)
+    # A module of the user's, as in a service: its data class is stored by module name.
+    (tmp_path / "user_saga.py").write_text(USER_CODE)
     clean_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     user = subprocess.run(
-        [str(python), str(script), str(tmp_path / "user.db")],
+        [
+            str(python),
+            "-c",
+            "import anyio, sys, user_saga; anyio.run(user_saga.main, sys.argv[1])",
+            str(tmp_path / "user.db"),
+        ],
         capture_output=True,
         text=True,
         cwd=tmp_path,
@@ -103,6 +104,17 @@ def test_wheel_installs_into_a_fresh_venv_and_runs_a_saga(tmp_path: Path) -> Non
     )
     assert user.returncode == 0, user.stderr
     assert user.stdout.split() == ["refunded", "status", "compensated"]
+
+    cli = subprocess.run(
+        [str(env_dir / "bin" / "saga-orchestrator"), "--db", str(tmp_path / "user.db"), "list"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=clean_env,
+        check=False,
+    )
+    assert cli.returncode == 0, cli.stderr
+    assert "compensated" in cli.stdout  # the console script reads the user's store
 
     example = subprocess.run(
         [str(python), "-m", "order_fulfillment", "--orders", "40", "--db", str(tmp_path / "o.db")],

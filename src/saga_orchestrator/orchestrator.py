@@ -145,7 +145,9 @@ class SagaOrchestrator:
         """Resume every stored saga that is not terminal, from exactly where it stopped.
 
         Sagas whose ``saga_type`` has no registered factory are left untouched (another
-        process may know them) and logged. Meant for start-up: it assumes that no other live
+        process may know them) and logged. A saga that cannot be resumed (its definition
+        changed, its factory raised) is logged as ``saga.recovery.failed`` and left as it is;
+        the others are still resumed. Meant for start-up: it assumes that no other live
         process is driving the same sagas (a saga advanced elsewhere in the meantime is
         detected by its version and left to that process).
         """
@@ -163,12 +165,20 @@ class SagaOrchestrator:
                         extra={"saga_id": str(context.saga_id)},
                     )
                     return
-                self.registry.rebuild(context)
-                self._reconcile_interrupted(context)
                 try:
+                    self.registry.rebuild(context)
+                    self._reconcile_interrupted(context)
                     results.append(await self._drive(context))
                 except SagaConflictError as exc:
                     logger.warning("saga.recovery.conflict: %s", exc)
+                except Exception:
+                    # One saga that cannot be resumed must not stop the others.
+                    logger.exception(
+                        "saga.recovery.failed: %s %s",
+                        context.saga_type,
+                        context.saga_id,
+                        extra={"event": "saga.recovery.failed", "saga_id": str(context.saga_id)},
+                    )
 
         async with anyio.create_task_group() as tg:
             for context in pending:
@@ -576,7 +586,7 @@ class SagaOrchestrator:
         context.status = SagaStatus.FAILED
         context.error = (
             f"{context.error}; compensating {state.name} failed after "
-            f"{state.compensation_attempts} attempts: {error}"
+            f"{_attempts(state.compensation_attempts)}: {error}"
         )
         pending.add(
             SagaEventType.SAGA_FAILED,
@@ -838,6 +848,10 @@ def _log_event(event: SagaEvent) -> None:
             "correlation_id": event.correlation_id,
         },
     )
+
+
+def _attempts(count: int) -> str:
+    return f"{count} attempt" if count == 1 else f"{count} attempts"
 
 
 def _age(context: SagaContext[Any], now: datetime) -> float | None:

@@ -1,0 +1,186 @@
+"""The command line's arguments: the parser, its value types, and how it reports bad usage."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from datetime import timedelta
+from typing import Any, NoReturn
+from uuid import UUID
+
+from ..state import SagaStatus
+from . import commands
+from .exits import EXIT_USAGE, PROG
+
+__all__ = ["DURATION_UNITS", "SAGA_ID_HELP", "build_parser"]
+
+SAGA_ID_HELP = "the saga's id, a UUID (see the list command)"
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr (exit 2), pointing at --help."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except the uninformative ``None`` and ``False``."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _saga_id(text: str) -> UUID:
+    try:
+        return UUID(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"malformed saga id {text!r}: expected a UUID") from None
+
+
+def _duration(text: str) -> timedelta:
+    match = _DURATION.fullmatch(text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"invalid duration {text!r}: a number and a unit (s, m, h, d), e.g. 30s, 10m, 2h, 1d"
+        )
+    return timedelta(seconds=float(match[1]) * DURATION_UNITS[match[2]])
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+def _app_spec(text: str) -> str:
+    module, _, attribute = text.partition(":")
+    if not module or not attribute:
+        raise argparse.ArgumentTypeError(
+            f"expected MODULE:CALLABLE (e.g. order_fulfillment.admin:orchestrator), got {text!r}"
+        )
+    return text
+
+
+def _add_common(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    """The store options; also accepted after the command (then they override)."""
+    default: Any = argparse.SUPPRESS if suppress else None
+    group = parser.add_argument_group("where the sagas are")
+    group.add_argument(
+        "--db",
+        metavar="PATH",
+        default=default,
+        help="SQLite file holding the sagas (passed to the --app callable when both are given)",
+    )
+    group.add_argument(
+        "--app",
+        metavar="MODULE:CALLABLE",
+        type=_app_spec,
+        default=default,
+        help="callable taking the --db value and returning an async context manager that "
+        "yields a configured SagaOrchestrator; needed by retry, cancel and recover",
+    )
+    group.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS if suppress else False,
+        help="log the library's saga events to stderr",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every command (exposed for documentation tools)."""
+    parser = _Parser(
+        prog=PROG,
+        description="Inspect and repair the sagas stored by saga-orchestrator. Exit status: "
+        "0 success, 1 the operation failed, 2 bad usage.",
+        epilog="Run 'saga-orchestrator COMMAND --help' for a command's options.",
+        formatter_class=_HelpFormatter,
+    )
+    _add_common(parser, suppress=False)
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, summary: str, description: str) -> argparse.ArgumentParser:
+        sub = subparsers.add_parser(
+            name, help=summary, description=description, formatter_class=_HelpFormatter
+        )
+        _add_common(sub, suppress=True)
+        return sub
+
+    listing = command(
+        "list",
+        "list stored sagas, oldest first",
+        "List stored sagas, oldest first: id, type, status, current step (where a running, "
+        "compensating or failed saga is), age since it started, and error.",
+    )
+    listing.add_argument(
+        "--status",
+        nargs="+",
+        action="extend",
+        choices=[status.value for status in SagaStatus],
+        metavar="STATUS",
+        help="only sagas in these statuses (repeatable): "
+        + ", ".join(status.value for status in SagaStatus),
+    )
+    listing.add_argument("--type", dest="saga_type", metavar="TYPE", help="only this saga_type")
+    listing.add_argument(
+        "--older-than",
+        type=_duration,
+        metavar="DURATION",
+        help="only sagas started longer ago than this: 30s, 10m, 2h, 1d",
+    )
+    listing.add_argument(
+        "--limit", type=_positive_int, default=50, metavar="N", help="at most this many sagas"
+    )
+    listing.add_argument("--json", action="store_true", help="a JSON array instead of a table")
+    listing.set_defaults(handler=commands.run_list)
+
+    show = command(
+        "show",
+        "show one saga: header, step timeline and data",
+        "Show one saga: its header, each step's forward and compensation record, and its data.",
+    )
+    show.add_argument("saga_id", type=_saga_id, metavar="SAGA_ID", help=SAGA_ID_HELP)
+    show.add_argument("--json", action="store_true", help="one JSON document instead of text")
+    show.set_defaults(handler=commands.run_show)
+
+    retry = command(
+        "retry",
+        "retry the failed compensation of a failed saga",
+        "Retry the failed compensation of a FAILED saga (once its cause is fixed), then carry "
+        "on compensating. Exit 0 when the saga ends compensated, 1 when it is still failed. "
+        "Needs --app.",
+    )
+    retry.add_argument("saga_id", type=_saga_id, metavar="SAGA_ID", help=SAGA_ID_HELP)
+    retry.set_defaults(handler=commands.run_retry)
+
+    cancel = command(
+        "cancel",
+        "stop a running saga and compensate it",
+        "Stop a RUNNING saga and compensate what it did, the step in flight included, in "
+        "reverse order. Exit 0 when the saga ends compensated. Needs --app.",
+    )
+    cancel.add_argument("saga_id", type=_saga_id, metavar="SAGA_ID", help=SAGA_ID_HELP)
+    cancel.add_argument(
+        "--reason", default="cancelled by an operator", help="recorded in the saga's error"
+    )
+    cancel.set_defaults(handler=commands.run_cancel)
+
+    recover = command(
+        "recover",
+        "resume every unfinished saga",
+        "Resume every running or compensating saga from where it stopped and drive it to the "
+        "end. Only while no service process is driving them (after a crash, service stopped). "
+        "Needs --app.",
+    )
+    recover.set_defaults(handler=commands.run_recover)
+    return parser

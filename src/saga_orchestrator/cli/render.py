@@ -1,0 +1,219 @@
+"""How sagas are shown: tables, the step timeline of ``show``, and JSON documents."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields, is_dataclass
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from enum import Enum
+from typing import Any
+from uuid import UUID
+
+from ..state import SagaContext, SagaStatus, StepState, StepStatus
+
+__all__ = [
+    "ERROR_WIDTH",
+    "age",
+    "current_step",
+    "detail",
+    "detail_text",
+    "summary",
+    "table",
+    "truncate",
+]
+
+ERROR_WIDTH = 60
+_COMPENSATION_STATUSES = {
+    StepStatus.COMPENSATING: "compensating",
+    StepStatus.COMPENSATED: "compensated",
+    StepStatus.COMPENSATION_FAILED: "failed",
+}
+
+
+def current_step(context: SagaContext[Any]) -> str | None:
+    """Where an unfinished or failed saga is; None once it completed or compensated."""
+    if context.status in (SagaStatus.COMPLETED, SagaStatus.COMPENSATED) or not context.steps:
+        return None
+    return context.steps[context.current_step_index].name
+
+
+# ---------------------------------------------------------------------- JSON documents
+
+
+def summary(context: SagaContext[Any]) -> dict[str, Any]:
+    """One saga as ``list --json`` shows it."""
+    return {
+        "saga_id": str(context.saga_id),
+        "saga_type": context.saga_type,
+        "correlation_id": context.correlation_id,
+        "status": context.status.value,
+        "current_step": current_step(context),
+        "created_at": _iso(context.created_at),
+        "updated_at": _iso(context.updated_at),
+        "error": context.error,
+    }
+
+
+def detail(context: SagaContext[Any]) -> dict[str, Any]:
+    """One saga as ``show --json`` shows it: the summary, its steps and its data."""
+    return {
+        **summary(context),
+        "deadline": _iso(context.deadline),
+        "version": context.version,
+        "steps": [_step(state) for state in context.steps],
+        "data": _plain(context.data),
+    }
+
+
+def _step(state: StepState) -> dict[str, Any]:
+    duration = (
+        (state.completed_at - state.started_at).total_seconds()
+        if state.started_at is not None and state.completed_at is not None
+        else None
+    )
+    compensation_duration = (
+        (state.compensated_at - state.compensation_started_at).total_seconds()
+        if state.compensation_started_at is not None and state.compensated_at is not None
+        else None
+    )
+    return {
+        "name": state.name,
+        "status": state.status.value,
+        "attempts": state.attempts,
+        "started_at": _iso(state.started_at),
+        "completed_at": _iso(state.completed_at),
+        "duration_seconds": duration,
+        "next_attempt_at": _iso(state.next_attempt_at),
+        "error": state.error,
+        "effect_possible": state.effect_possible,
+        "compensation_status": _COMPENSATION_STATUSES.get(state.status),
+        "compensation_attempts": state.compensation_attempts,
+        "compensation_started_at": _iso(state.compensation_started_at),
+        "compensated_at": _iso(state.compensated_at),
+        "compensation_duration_seconds": compensation_duration,
+        "compensation_error": state.compensation_error,
+    }
+
+
+def _plain(value: Any) -> Any:
+    """Saga data as readable JSON: Decimals, UUIDs and times as strings, dataclasses as dicts."""
+    if isinstance(value, Enum):
+        return _plain(value.value)
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, Decimal | UUID | timedelta):
+        return str(value)
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.hex()
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, dict):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return repr(value)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+# ---------------------------------------------------------------------- text
+
+
+def detail_text(context: SagaContext[Any], detail: dict[str, Any], now: datetime) -> str:
+    """``show``'s text: the header, the step timeline, and the data (``detail`` is its JSON)."""
+
+    def when(value: datetime | None) -> str:
+        return f"{value.isoformat()} ({age(value, now)} ago)" if value else "-"
+
+    header = [
+        ("saga", str(context.saga_id)),
+        ("type", context.saga_type),
+        ("correlation id", context.correlation_id or "-"),
+        ("status", context.status.value),
+        ("created", when(context.created_at)),
+        ("updated", when(context.updated_at)),
+        ("deadline", context.deadline.isoformat() if context.deadline else "-"),
+        ("version", str(context.version)),
+        ("error", context.error or "-"),
+    ]
+    lines = [f"{label:<15} {value}" for label, value in header]
+    lines += ["", "steps"]
+    current = current_step(context)
+    name_width = max(len(state.name) for state in context.steps)
+    status_width = max(len(state.status.value) for state in context.steps)
+    for number, (state, step) in enumerate(zip(context.steps, detail["steps"], strict=True), 1):
+        forward = _plural(state.attempts, "attempt")
+        if step["duration_seconds"] is not None:
+            forward += f", took {_seconds(step['duration_seconds'])}"
+        if state.status is StepStatus.RUNNING and state.started_at is not None:
+            forward += f", started {age(state.started_at, now)} ago"
+        marker = "  <- current" if state.name == current else ""
+        lines.append(
+            f"  {number}. {state.name:<{name_width}}  {state.status.value:<{status_width}}  "
+            f"{forward}{marker}"
+        )
+        pad = " " * (len(str(number)) + 4)
+        if state.error:
+            lines.append(f"{pad}error: {state.error}")
+        if state.effect_possible:
+            lines.append(f"{pad}effect possible: it may have acted, so it is compensated too")
+        if state.next_attempt_at is not None:
+            lines.append(f"{pad}next attempt at {state.next_attempt_at.isoformat()}")
+        if state.compensation_attempts or step["compensation_status"]:
+            text = (
+                f"{pad}compensation: {step['compensation_status'] or 'pending'}, "
+                f"{_plural(state.compensation_attempts, 'attempt')}"
+            )
+            if step["compensation_duration_seconds"] is not None:
+                text += f", took {_seconds(step['compensation_duration_seconds'])}"
+            if state.compensated_at is not None:
+                text += f", at {state.compensated_at.isoformat()}"
+            if state.compensation_error:
+                text += f": {state.compensation_error}"
+            lines.append(text)
+    lines += ["", "data"]
+    lines += [f"  {line}" for line in json.dumps(detail["data"], indent=2).splitlines()]
+    return "\n".join(lines)
+
+
+def table(headers: list[str], rows: list[list[str]], indent: str = "") -> str:
+    """Left-aligned columns two spaces apart, without trailing spaces."""
+    widths = [max(len(row[i]) for row in [headers, *rows]) for i in range(len(headers))]
+    return "\n".join(
+        (indent + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))).rstrip()
+        for row in [headers, *rows]
+    )
+
+
+def age(since: datetime | None, now: datetime) -> str:
+    """How long ago, in its largest whole unit: 45s, 10m, 3h, 2d; "-" when unknown."""
+    if since is None:
+        return "-"
+    seconds = max((now - since).total_seconds(), 0.0)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
+
+
+def truncate(text: str, width: int) -> str:
+    """``text`` on one line, cut to ``width`` characters with an ellipsis."""
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _seconds(value: float) -> str:
+    if value < 1:
+        return f"{value * 1000:.1f}ms"
+    if value < 60:
+        return f"{value:.2f}s"
+    return f"{int(value // 60)}m{int(value % 60):02d}s"
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
