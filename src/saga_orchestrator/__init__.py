@@ -1,9 +1,10 @@
 """Durable sagas for Python services.
 
-Subclass :class:`BaseSaga`, return :class:`SagaStep`\\ s from ``define_steps``, and run it with
-:class:`SagaOrchestrator` on a repository (in-memory or SQLite here; PostgreSQL as an extra).
-Every transition is recorded before the next action starts; a failed step makes the
-completed ones compensate in reverse order; ``recover()`` resumes sagas after a crash.
+Subclass [`BaseSaga`][], return [`SagaStep`][]s from ``define_steps``, and run it with
+[`SagaOrchestrator`][] on a repository (in-memory or SQLite built in, or your own
+[`SagaRepository`][]). Every transition is recorded before the next action starts; a failed
+step makes the completed ones compensate in reverse order; ``recover()`` resumes sagas after a
+crash.
 """
 
 import logging

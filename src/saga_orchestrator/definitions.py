@@ -32,6 +32,7 @@ class SagaStep(Generic[T]):
     name: str
     """Unique within the saga; part of the stored state and of idempotency keys."""
     action: Action[T]
+    """The coroutine function that does the step (see [`Action`][])."""
     compensation: Compensation[T] | None = None
     """``None`` for a step with nothing to undo."""
     timeout_seconds: float | None = None
@@ -45,6 +46,11 @@ class SagaStep(Generic[T]):
     cause of compensation. Retriable steps must come after every compensatable one."""
 
     def __post_init__(self) -> None:
+        """Check the step as it is built.
+
+        Raises [`SagaDefinitionError`][] for an empty or over-long name, an uncallable action
+        or compensation, or a timeout that is not positive.
+        """
         if not isinstance(self.name, str) or not self.name.strip():
             raise SagaDefinitionError(f"step name must be a non-empty string, got {self.name!r}")
         if len(self.name) > 200:
@@ -97,6 +103,8 @@ class BaseSaga(ABC, Generic[T]):
     compensates. Stored as an absolute time, so it survives restarts."""
 
     context: SagaContext[T]
+    """The saga's recorded state: its id (assign ``context.saga_id`` before executing to
+    choose it), data, status and step records. The orchestrator advances it in place."""
 
     def __init__(self, data: T) -> None:
         saga_type = getattr(type(self), "saga_type", None)
@@ -130,14 +138,19 @@ class BaseSaga(ABC, Generic[T]):
         """The steps, in the order they run."""
 
     def correlation_id(self, data: T) -> str | None:
-        """A business key to find this saga by (see :func:`default_correlation_id`)."""
+        """A business key to find this saga by; override it to choose another.
+
+        The default is [`default_correlation_id`][].
+        """
         return default_correlation_id(data)
 
     @property
     def steps(self) -> tuple[SagaStep[T], ...]:
+        """The validated steps of ``define_steps()``, in order."""
         return self._steps
 
     def step(self, name: str) -> SagaStep[T]:
+        """The step called ``name``; raises ``KeyError`` if there is none."""
         for step in self._steps:
             if step.name == name:
                 return step

@@ -1,8 +1,9 @@
 """The exception hierarchy: one root, structured fields, retryability on the error.
 
-Everything the library raises derives from :class:`SagaError`. Errors raised by *your* step
-actions are not wrapped: the orchestrator classifies them (see :mod:`saga_orchestrator.retry`)
-and records ``"ExceptionType: message"`` as the step's error.
+Everything the library raises derives from [`SagaError`][saga_orchestrator.errors.SagaError].
+Errors raised by *your* step actions are not wrapped: the orchestrator classifies them (see
+[`is_retryable`][saga_orchestrator.retry.is_retryable]) and records
+``"ExceptionType: message"`` as the step's error.
 """
 
 from __future__ import annotations
@@ -28,13 +29,17 @@ __all__ = [
 class SagaError(Exception):
     """Root of every error raised by saga-orchestrator.
 
-    Attributes:
+    Args:
+        message: what went wrong, for people; also ``str(error)``.
         saga_id: the saga concerned, when there is one.
         step: the step concerned, when there is one.
-        retryable: whether trying the same operation again may succeed.
+        retryable: overrides the class's ``retryable`` for this instance.
     """
 
     retryable: bool = False
+    """Whether trying the same operation again may succeed. The orchestrator's default retry
+    rule reads it, on your own exceptions too (see
+    [`is_retryable`][saga_orchestrator.retry.is_retryable])."""
 
     def __init__(
         self,
@@ -46,12 +51,16 @@ class SagaError(Exception):
     ) -> None:
         super().__init__(message)
         self.message = message
+        """The message, as given."""
         self.saga_id = saga_id
+        """The saga concerned, when there is one."""
         self.step = step
+        """The step concerned, when there is one."""
         if retryable is not None:
             self.retryable = retryable
 
     def __str__(self) -> str:
+        """The message, without the class name or the structured fields."""
         return self.message
 
 
@@ -59,12 +68,16 @@ class RetryableError(SagaError):
     """Raise from a step action for a transient failure that a later attempt may fix."""
 
     retryable = True
+    """Retried within the step's [`RetryPolicy`][saga_orchestrator.retry.RetryPolicy] (unless
+    its ``non_retryable_errors`` lists the class)."""
 
 
 class NonRetryableError(SagaError):
     """Raise from a step action for a business outcome (a declined card): fails at once."""
 
     retryable = False
+    """Not retried (unless a policy's ``retryable_errors`` lists the class): the step fails at
+    once and, as it did not act, is not compensated."""
 
 
 class SagaDefinitionError(SagaError, TypeError):
@@ -92,9 +105,14 @@ class SagaConflictError(SagaError):
 
     The orchestrator that gets this stops driving the saga without side effects of its own;
     the saga carries on wherever the winner takes it.
+
+    Args:
+        saga_id: the saga whose stored version moved on.
+        expected_version: the version this orchestrator expected to replace.
     """
 
     retryable = False
+    """Not retried: the other orchestrator owns the saga now."""
 
     def __init__(self, saga_id: UUID, expected_version: int) -> None:
         super().__init__(
@@ -103,17 +121,26 @@ class SagaConflictError(SagaError):
             saga_id=saga_id,
         )
         self.expected_version = expected_version
+        """The stored version this orchestrator expected to replace."""
 
 
 class SagaAlreadyExistsError(SagaError):
-    """A saga with this id is already stored."""
+    """A saga with this id is already stored.
+
+    Args:
+        saga_id: the id that is taken.
+    """
 
     def __init__(self, saga_id: UUID) -> None:
         super().__init__(f"saga {saga_id} already exists", saga_id=saga_id)
 
 
 class SagaNotFoundError(SagaError, LookupError):
-    """No saga with this id is stored."""
+    """No saga with this id is stored.
+
+    Args:
+        saga_id: the id that was looked up.
+    """
 
     def __init__(self, saga_id: UUID) -> None:
         super().__init__(f"no saga with id {saga_id}", saga_id=saga_id)

@@ -13,16 +13,26 @@ __all__ = ["SagaEvent", "SagaEventType"]
 class SagaEventType(StrEnum):
     """What happened. Values are stable dotted names, usable as log event names."""
 
-    SAGA_STARTED = "saga.started"  # stored for the first time, first step about to run
-    SAGA_COMPLETED = "saga.completed"  # every step succeeded
-    SAGA_COMPENSATED = "saga.compensated"  # a step failed and everything was undone
-    SAGA_FAILED = "saga.failed"  # a compensation kept failing: needs an operator
-    STEP_STARTED = "step.started"  # an attempt of a forward step begins
-    STEP_COMPLETED = "step.completed"  # a forward step succeeded
-    STEP_FAILED = "step.failed"  # an attempt failed (see will_retry)
-    COMPENSATION_STARTED = "compensation.started"  # the saga turns to undoing its steps
-    STEP_COMPENSATED = "step.compensated"  # a step's compensation succeeded
-    STEP_COMPENSATION_FAILED = "step.compensation_failed"  # an attempt of a compensation failed
+    SAGA_STARTED = "saga.started"
+    """Stored for the first time, first step about to run."""
+    SAGA_COMPLETED = "saga.completed"
+    """Every step succeeded."""
+    SAGA_COMPENSATED = "saga.compensated"
+    """A step failed and everything that may have acted was undone."""
+    SAGA_FAILED = "saga.failed"
+    """A compensation kept failing: needs an operator."""
+    STEP_STARTED = "step.started"
+    """An attempt of a forward step begins."""
+    STEP_COMPLETED = "step.completed"
+    """A forward step succeeded."""
+    STEP_FAILED = "step.failed"
+    """An attempt failed (see ``will_retry``)."""
+    COMPENSATION_STARTED = "compensation.started"
+    """The saga turns to undoing its steps."""
+    STEP_COMPENSATED = "step.compensated"
+    """A step's compensation succeeded."""
+    STEP_COMPENSATION_FAILED = "step.compensation_failed"
+    """An attempt of a compensation failed (see ``will_retry``)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -30,18 +40,29 @@ class SagaEvent:
     """One lifecycle event. ``sequence`` is per saga, gap-free and strictly increasing."""
 
     type: SagaEventType
+    """What happened."""
     saga_id: UUID
+    """The saga it happened to."""
     saga_type: str
+    """The saga's ``saga_type``."""
     sequence: int
+    """Position among the saga's events: 1, 2, 3, ... without gaps, across restarts."""
     occurred_at: datetime
+    """When the transition was recorded (aware UTC, from the orchestrator's clock)."""
     step: str | None = None
+    """The step concerned, for step and compensation events."""
     attempt: int | None = None
+    """The attempt number, for step and compensation events."""
     error: str | None = None
+    """``step.failed`` and ``step.compensation_failed``: the attempt's error, as
+    ``"ExceptionType: message"``. ``compensation.started``, ``saga.compensated`` and
+    ``saga.failed``: why the saga did not complete. ``None`` otherwise."""
     will_retry: bool = False
     """For failure events: whether another attempt is scheduled."""
     duration_seconds: float | None = None
     """Step events: how long the attempt ran. Terminal saga events: seconds since the saga
     was first stored. ``None`` where it does not apply."""
     correlation_id: str | None = None
+    """The saga's business key, if any."""
     event_id: UUID = field(default_factory=uuid4)
     """Stable identity for consumers to deduplicate redeliveries."""

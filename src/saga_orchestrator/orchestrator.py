@@ -74,13 +74,30 @@ def _describe(error: BaseException) -> str:
 
 
 class SagaOrchestrator:
-    """Runs sagas durably on a :class:`~saga_orchestrator.protocols.SagaRepository`.
+    """Runs sagas durably on a [`SagaRepository`][saga_orchestrator.protocols.SagaRepository].
 
     Every transition is recorded before the orchestrator acts on it: a step's attempt is
     stored as running before its action is called, and the write that records a step's end
     also records the next step's start. A process killed at any instant therefore leaves a
-    record from which :meth:`recover` continues, forward or backward. Actions run at least
-    once; pass ``current_step().idempotency_key`` to the services they call.
+    record from which [`recover`][saga_orchestrator.orchestrator.SagaOrchestrator.recover]
+    continues, forward or backward. Actions run at least once; pass
+    ``current_step().idempotency_key`` to the services they call.
+
+    Args:
+        repository: where sagas are stored.
+        event_publisher: receives the lifecycle events after each recorded transition.
+        idempotency_store: records each step's result under its idempotency key; a step
+            whose result is already recorded there is replayed instead of run again.
+        registry: how to rebuild each ``saga_type`` for ``recover``, ``resume``, ``retry``
+            and ``cancel`` (a new, empty one by default; see ``register``).
+        retry: the retry policy of steps that set none.
+        compensation_retry: the retry policy of compensations that set none.
+        clock: the time source and sleeper (a [`ManualClock`][saga_orchestrator.testing.ManualClock]
+            in tests).
+        listeners: called synchronously with every lifecycle event (metrics, logs).
+        interceptors: wrap every action and compensation call (tracing, fault injection); an
+            interceptor that is also a listener is registered as one too.
+        recovery_concurrency: how many sagas ``recover`` resumes at once.
     """
 
     def __init__(
@@ -98,14 +115,23 @@ class SagaOrchestrator:
         recovery_concurrency: int = 16,
     ) -> None:
         self.repository = repository
+        """Where sagas are stored."""
         self.event_publisher = event_publisher
+        """Receives the lifecycle events, if set."""
         self.idempotency_store = idempotency_store
+        """Step results by idempotency key, if set."""
         self.registry = registry if registry is not None else SagaRegistry()
+        """How to rebuild stored sagas, by ``saga_type``."""
         self.default_retry = retry
+        """The retry policy of steps that set none."""
         self.default_compensation_retry = compensation_retry
+        """The retry policy of compensations that set none."""
         self.clock: Clock = clock if clock is not None else SystemClock()
+        """The time source and sleeper."""
         self.listeners = list(listeners)
+        """The listeners, interceptors that listen included."""
         self.interceptors = list(interceptors)
+        """The step interceptors, outermost first."""
         # An interceptor that also listens (tracing) needs registering only once.
         for interceptor in self.interceptors:
             if isinstance(interceptor, SagaListener) and interceptor not in self.listeners:
@@ -113,6 +139,7 @@ class SagaOrchestrator:
         if recovery_concurrency < 1:
             raise ValueError("recovery_concurrency must be >= 1")
         self.recovery_concurrency = recovery_concurrency
+        """How many sagas ``recover`` resumes at once."""
         self._repository_stores_events = bool(getattr(repository, "stores_events", False))
 
     # ------------------------------------------------------------------ public API

@@ -1,7 +1,7 @@
 """The pluggable parts: storage, idempotency, events, listeners, clock, step interceptors.
 
 Adapters implement these structurally (no inheritance needed). The in-memory and SQLite
-adapters in :mod:`saga_orchestrator.adapters` are the reference implementations; the contract
+adapters in ``saga_orchestrator.adapters`` are the reference implementations; the contract
 tests in ``tests/`` run against every adapter.
 """
 
@@ -31,20 +31,25 @@ __all__ = [
 class SagaRepository(Protocol):
     """Durable saga state, one record per saga, written with optimistic concurrency.
 
-    ``state`` arguments are the JSON documents of :func:`~saga_orchestrator.serialization.
-    encode_context`; the orchestrator serializes (and so validates) before calling, so a
-    value that cannot be stored never reaches the repository. ``events`` are the lifecycle
-    events of the transition: a repository with an outbox stores them in the same transaction
-    and sets a class attribute ``stores_events = True`` (without it, and with no listener or
-    publisher, the orchestrator does not build event objects at all). A repository may batch
-    concurrent writes into one transaction (group commit) as long as each call returns only
-    once its write is durable.
+    ``state`` arguments are the JSON documents of
+    [`encode_context`][saga_orchestrator.serialization.encode_context]; the orchestrator
+    serializes (and so validates) before calling, so a value that cannot be stored never
+    reaches the repository. ``events`` are the lifecycle events of the transition: a
+    repository with an outbox stores them in the same transaction and sets a class attribute
+    ``stores_events = True`` (without it, with no listener or publisher and INFO logging off,
+    the orchestrator does not build event objects at all). A repository may batch concurrent
+    writes into one transaction (group commit) as long as each call returns only once its
+    write is durable.
     """
 
     async def create(
         self, context: SagaContext[Any], state: str, events: Sequence[SagaEvent] = ()
     ) -> None:
-        """Store a new saga at ``context.version`` (1). Raises SagaAlreadyExistsError."""
+        """Store a new saga at ``context.version`` (1).
+
+        Raises [`SagaAlreadyExistsError`][saga_orchestrator.errors.SagaAlreadyExistsError] if
+        one with its id is stored already.
+        """
         ...
 
     async def update(
@@ -57,7 +62,8 @@ class SagaRepository(Protocol):
     ) -> None:
         """Replace the saga's record if its stored version is ``expected_version``.
 
-        Raises SagaConflictError (and writes nothing) otherwise.
+        Raises [`SagaConflictError`][saga_orchestrator.errors.SagaConflictError] (and writes
+        nothing) otherwise.
         """
         ...
 
@@ -82,8 +88,11 @@ class SagaRepository(Protocol):
 
 @runtime_checkable
 class SagaStatusCounter(Protocol):
-    """Optional repository capability: counts of stored sagas, for gauges shared by every
-    process (``saga_states``). Both built-in repositories have it."""
+    """Optional repository capability: counts of stored sagas.
+
+    For gauges that every process agrees on (``saga_states``). Both built-in repositories
+    have it.
+    """
 
     async def count_by_status(
         self, statuses: Collection[SagaStatus]
@@ -109,23 +118,35 @@ class IdempotencyStore(Protocol):
 class EventPublisher(Protocol):
     """Receives lifecycle events after the transition that produced them is recorded."""
 
-    async def publish(self, events: Sequence[SagaEvent]) -> None: ...
+    async def publish(self, events: Sequence[SagaEvent]) -> None:
+        """Deliver the events of one transition, in order.
+
+        An error is logged and the event is lost (without an outbox): the transition itself is
+        already recorded.
+        """
+        ...
 
 
 @runtime_checkable
 class SagaListener(Protocol):
     """Observes every lifecycle event, synchronously (metrics, logs). Must not raise."""
 
-    def on_event(self, event: SagaEvent) -> None: ...
+    def on_event(self, event: SagaEvent) -> None:
+        """Called once per event, in sequence order, right after its transition is recorded."""
+        ...
 
 
 @runtime_checkable
 class Clock(Protocol):
     """Wall-clock time (aware UTC) and sleeping; injectable so that tests control backoff."""
 
-    def now(self) -> datetime: ...
+    def now(self) -> datetime:
+        """The current time, timezone-aware UTC."""
+        ...
 
-    async def sleep(self, seconds: float) -> None: ...
+    async def sleep(self, seconds: float) -> None:
+        """Wait ``seconds`` (retry backoff, waiting for a due attempt)."""
+        ...
 
 
 class StepInterceptor(Protocol):
@@ -134,4 +155,10 @@ class StepInterceptor(Protocol):
     Call ``proceed()`` to run the wrapped call and return (or raise) what it does.
     """
 
-    def __call__(self, run: StepRun, proceed: Callable[[], Awaitable[Any]]) -> Awaitable[Any]: ...
+    def __call__(self, run: StepRun, proceed: Callable[[], Awaitable[Any]]) -> Awaitable[Any]:
+        """Wrap one call of an action or compensation.
+
+        ``run`` says which attempt of which step; await ``proceed()`` to make the call.
+        Interceptors nest in the order given, the first one outermost.
+        """
+        ...

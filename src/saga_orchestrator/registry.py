@@ -30,17 +30,21 @@ class SagaRegistry:
         self._factories[saga_type] = factory
 
     def __contains__(self, saga_type: object) -> bool:
+        """Whether a factory is registered for ``saga_type``."""
         return saga_type in self._factories
 
     @property
     def saga_types(self) -> frozenset[str]:
+        """The saga types that have a factory."""
         return frozenset(self._factories)
 
     def rebuild(self, context: SagaContext[Any]) -> BaseSaga[Any]:
         """A saga object driving the stored ``context``.
 
-        Raises UnknownSagaTypeError when no factory is registered, and
-        SagaDefinitionMismatchError when the current definition's steps differ.
+        Raises [`UnknownSagaTypeError`][saga_orchestrator.errors.UnknownSagaTypeError] when no
+        factory is registered, and
+        [`SagaDefinitionMismatchError`][saga_orchestrator.errors.SagaDefinitionMismatchError]
+        when the current definition's steps differ.
         """
         factory = self._factories.get(context.saga_type)
         if factory is None:

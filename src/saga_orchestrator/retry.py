@@ -29,11 +29,12 @@ class RetryPolicy:
     jitter_ratio: float = 0.2
     """Up to this fraction of each delay is removed at random (0 disables jitter)."""
     retryable_errors: tuple[type[BaseException], ...] = field(default=())
-    """Extra exception types to retry, on top of :func:`is_retryable`'s defaults."""
+    """Extra exception types to retry, on top of [`is_retryable`][]'s defaults."""
     non_retryable_errors: tuple[type[BaseException], ...] = field(default=())
     """Exception types never to retry, even where the defaults would."""
 
     def __post_init__(self) -> None:
+        """Check the fields; raises ``ValueError`` for an impossible policy."""
         if self.max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
         if self.initial_backoff_seconds < 0 or self.max_backoff_seconds < 0:
@@ -66,7 +67,7 @@ def is_retryable(error: BaseException) -> bool:
     """The default rule: timeouts, connection errors and errors marked ``retryable``.
 
     An exception with a boolean ``retryable`` attribute decides for itself (every
-    :class:`~saga_orchestrator.errors.SagaError` has one). Anything else, such as a
+    [`SagaError`][saga_orchestrator.errors.SagaError] has one). Anything else, such as a
     ``PaymentDeclinedError`` of your own, is a business outcome and fails at once.
     """
     flag = getattr(error, "retryable", None)

@@ -17,7 +17,9 @@ class Phase(StrEnum):
     """Which of a step's two calls is running."""
 
     ACTION = "action"
+    """The step's forward action."""
     COMPENSATION = "compensation"
+    """The step's compensation."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -25,19 +27,31 @@ class StepRun:
     """One attempt of one step's action or compensation."""
 
     saga_id: UUID
+    """The saga being run."""
     saga_type: str
+    """Its ``saga_type``."""
     step: str
+    """The step's name."""
     phase: Phase
+    """Whether this is the action or the compensation."""
     attempt: int
+    """The attempt number, from 1 (actions and compensations count separately)."""
     idempotency_key: str
-    """Stable across attempts, restarts and processes: pass it to the services you call."""
+    """Stable across attempts, restarts and processes: pass it to the services you call.
+
+    ``"{saga_id}:{step}"`` for the action, ``"{saga_id}:{step}:compensate"`` for the
+    compensation."""
 
 
 _current: ContextVar[StepRun | None] = ContextVar("saga_orchestrator_step", default=None)
 
 
 def current_step() -> StepRun:
-    """The step attempt running in this task. Raises LookupError outside an action."""
+    """The step attempt running in this task.
+
+    Call it from inside an action or compensation (it reads a context variable), typically for
+    ``current_step().idempotency_key``. Raises ``LookupError`` anywhere else.
+    """
     run = _current.get()
     if run is None:
         raise LookupError("current_step() called outside a saga step's action or compensation")
@@ -48,7 +62,9 @@ class SystemClock:
     """The real clock: ``datetime.now(UTC)`` and ``anyio.sleep``."""
 
     def now(self) -> datetime:
+        """The current time, timezone-aware UTC."""
         return datetime.now(UTC)
 
     async def sleep(self, seconds: float) -> None:
+        """Wait ``seconds`` on the running event loop (asyncio or trio)."""
         await anyio.sleep(seconds)

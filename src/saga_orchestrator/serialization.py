@@ -1,6 +1,6 @@
 """Exact, self-describing JSON for saga data and state.
 
-Values round-trip exactly or are refused with :class:`SerializationError` before anything is
+Values round-trip exactly or are refused with [`SerializationError`][] before anything is
 written. Supported: ``None``, ``bool``, ``int``, finite ``float``, ``str``, ``Decimal`` (finite,
 as a string, so ``Decimal("0.10")`` keeps its exponent), ``UUID``, timezone-aware ``datetime``,
 ``date``, ``timedelta``, ``bytes``, enums, dataclasses (nested), lists, tuples and dicts with
@@ -204,7 +204,7 @@ def _encode_other(value: Any) -> Any:
 
 
 def decode_value(data: Any) -> Any:
-    """Inverse of :func:`encode_value`."""
+    """Inverse of [`encode_value`][]."""
     if isinstance(data, list):
         return [decode_value(item) for item in data]
     if not isinstance(data, dict):
@@ -264,12 +264,12 @@ def _decode_tagged(tag: str, data: dict[str, Any]) -> Any:
 
 
 def dumps(value: Any, where: str = "value") -> str:
-    """Encode ``value`` to a JSON string (see :func:`encode_value`)."""
+    """Encode ``value`` to a JSON string (see [`encode_value`][])."""
     return json.dumps(encode_value(value, where), separators=(",", ":"), allow_nan=False)
 
 
 def loads(text: str) -> Any:
-    """Decode a JSON string written by :func:`dumps`."""
+    """Decode a JSON string written by [`dumps`][]."""
     return decode_value(json.loads(text))
 
 
@@ -337,7 +337,7 @@ def encode_context(context: SagaContext[Any]) -> str:
 
 
 def decode_context(text: str) -> SagaContext[Any]:
-    """Rebuild a context written by :func:`encode_context`."""
+    """Rebuild a context written by [`encode_context`][]."""
     try:
         document = json.loads(text)
         if document.get("format") != FORMAT_VERSION:

@@ -22,18 +22,27 @@ T = TypeVar("T")
 
 
 class SagaStatus(StrEnum):
-    """Where a saga is in its life. The last three are terminal, except that an operator may
-    ``retry`` a ``FAILED`` saga."""
+    """Where a saga is in its life.
 
-    PENDING = "pending"  # built, not yet stored or started
-    RUNNING = "running"  # forward steps in progress
-    COMPENSATING = "compensating"  # a step failed; undoing the completed ones in reverse
-    COMPLETED = "completed"  # every step succeeded
-    COMPENSATED = "compensated"  # a step failed and every step that may have acted was undone
-    FAILED = "failed"  # a compensation kept failing: needs an operator (see retry)
+    The last three are terminal, except that an operator may ``retry`` a ``FAILED`` saga.
+    """
+
+    PENDING = "pending"
+    """Built, not yet stored or started."""
+    RUNNING = "running"
+    """Forward steps in progress."""
+    COMPENSATING = "compensating"
+    """A step failed; the steps that may have acted are being undone, in reverse."""
+    COMPLETED = "completed"
+    """Every step succeeded."""
+    COMPENSATED = "compensated"
+    """A step failed and every step that may have acted was undone."""
+    FAILED = "failed"
+    """A compensation kept failing: needs an operator (see ``SagaOrchestrator.retry``)."""
 
     @property
     def is_terminal(self) -> bool:
+        """Whether the saga is done: completed, compensated or failed."""
         return self in _TERMINAL
 
 
@@ -44,13 +53,20 @@ ACTIVE_STATUSES = frozenset({SagaStatus.PENDING, SagaStatus.RUNNING, SagaStatus.
 class StepStatus(StrEnum):
     """Where one step is."""
 
-    PENDING = "pending"  # not started
-    RUNNING = "running"  # an attempt is in flight (or was, when its process died)
-    COMPLETED = "completed"  # the action succeeded and its result was applied
-    FAILED = "failed"  # the action failed for good (see StepState.effect_possible)
-    COMPENSATING = "compensating"  # its compensation is in flight
-    COMPENSATED = "compensated"  # its compensation succeeded
-    COMPENSATION_FAILED = "compensation_failed"  # its compensation kept failing
+    PENDING = "pending"
+    """Not started, or waiting for its next attempt."""
+    RUNNING = "running"
+    """An attempt is in flight (or was, when its process died)."""
+    COMPLETED = "completed"
+    """The action succeeded and its result was applied."""
+    FAILED = "failed"
+    """The action failed for good (see ``StepState.effect_possible``)."""
+    COMPENSATING = "compensating"
+    """Its compensation is in flight."""
+    COMPENSATED = "compensated"
+    """Its compensation succeeded."""
+    COMPENSATION_FAILED = "compensation_failed"
+    """Its compensation kept failing."""
 
 
 @dataclass(slots=True)
@@ -58,7 +74,9 @@ class StepState:
     """The record of one step of one saga."""
 
     name: str
+    """The step's name, as in its [`SagaStep`][saga_orchestrator.definitions.SagaStep]."""
     status: StepStatus = StepStatus.PENDING
+    """Where the step is."""
     attempts: int = 0
     """Forward attempts started so far, the one in flight included."""
     error: str | None = None
@@ -67,13 +85,19 @@ class StepState:
     """For a failed step: whether it may have acted anyway (it timed out, hit a transient
     error or its process died), so that its compensation must run too."""
     started_at: datetime | None = None
+    """When the first forward attempt started."""
     completed_at: datetime | None = None
+    """When the action succeeded."""
     next_attempt_at: datetime | None = None
     """When the next attempt is due, while the step waits out a retry backoff."""
     compensation_attempts: int = 0
+    """Compensation attempts started so far, the one in flight included."""
     compensation_error: str | None = None
+    """The last compensation error, as ``"ExceptionType: message"``."""
     compensation_started_at: datetime | None = None
+    """When the compensation's first attempt started."""
     compensated_at: datetime | None = None
+    """When the compensation succeeded."""
 
     @property
     def needs_compensation(self) -> bool:
@@ -87,6 +111,7 @@ class StepState:
         return self.status in (StepStatus.FAILED, StepStatus.RUNNING) and self.effect_possible
 
     def copy(self) -> StepState:
+        """A shallow copy of this record."""
         return replace(self)
 
 
@@ -95,17 +120,25 @@ class SagaContext(Generic[T]):
     """A saga's complete recorded state, as stored after every transition."""
 
     saga_id: UUID
+    """The saga's identity (a random UUID unless you assign one before executing)."""
     saga_type: str
+    """The saga class's ``saga_type``."""
     data: T
+    """The saga's data (a dataclass instance), with every step result applied so far."""
     steps: list[StepState]
+    """One record per step, in definition order."""
     correlation_id: str | None = None
+    """The business key to find the saga by (see ``BaseSaga.correlation_id``)."""
     status: SagaStatus = SagaStatus.PENDING
+    """Where the saga is."""
     current_step_index: int = 0
     """Index of the step being run, or compensated; stays on the last step once done."""
     error: str | None = None
     """Why the saga did not complete, as ``"step: ExceptionType: message"``."""
     created_at: datetime | None = None
+    """When the saga was first stored."""
     updated_at: datetime | None = None
+    """When the saga was last stored."""
     deadline: datetime | None = None
     """Absolute time after which no forward step starts (from ``timeout_minutes``)."""
     version: int = 0
@@ -116,6 +149,7 @@ class SagaContext(Generic[T]):
 
     @property
     def is_terminal(self) -> bool:
+        """Whether the saga is done: completed, compensated or failed."""
         return self.status.is_terminal
 
     def step(self, name: str) -> StepState:
@@ -140,19 +174,29 @@ class SagaResult(Generic[T]):
     """What ``SagaOrchestrator.execute`` returns once the saga is terminal."""
 
     saga_id: UUID
+    """The saga's identity."""
     saga_type: str
+    """The saga class's ``saga_type``."""
     status: SagaStatus
+    """``COMPLETED``, ``COMPENSATED`` or ``FAILED``."""
     data: T
+    """The saga's data with every step result applied."""
     error: str | None
+    """Why the saga did not complete, as ``"step: ExceptionType: message"``; ``None`` if it
+    did."""
     correlation_id: str | None
+    """The saga's business key, if any."""
     steps: tuple[StepState, ...]
+    """A copy of every step's record, in definition order."""
 
     @property
     def succeeded(self) -> bool:
+        """Whether the saga completed."""
         return self.status is SagaStatus.COMPLETED
 
     @classmethod
     def from_context(cls, context: SagaContext[T]) -> SagaResult[T]:
+        """A snapshot of ``context`` (step records copied)."""
         return cls(
             saga_id=context.saga_id,
             saga_type=context.saga_type,

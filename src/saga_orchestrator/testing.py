@@ -1,12 +1,14 @@
 """Helpers for testing your own sagas: a controllable clock, fault injection, crash points.
 
-Public and stable, like the rest of the API::
+Public and stable, like the rest of the API:
 
-    clock = ManualClock()
-    faults = FaultInjector()
-    faults.fail("process_payment", ConnectionError("PSP down"), attempts={1})
-    faults.hang("create_shipment")  # the step times out
-    orchestrator = SagaOrchestrator(repo, clock=clock, interceptors=[faults])
+```python
+clock = ManualClock()
+faults = FaultInjector()
+faults.fail("process_payment", ConnectionError("PSP down"), attempts={1})
+faults.hang("create_shipment")  # the step times out
+orchestrator = SagaOrchestrator(repo, clock=clock, interceptors=[faults])
+```
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from .runtime import Phase, StepRun
 __all__ = ["CRASH_EXIT_CODE", "FaultInjector", "ManualClock", "crash"]
 
 CRASH_EXIT_CODE = 137
-"""The exit status of a process stopped by :func:`crash` (as if SIGKILLed)."""
+"""The exit status of a process stopped by [`crash`][saga_orchestrator.testing.crash] (as if
+SIGKILLed)."""
 
 
 class ManualClock:
@@ -33,6 +36,9 @@ class ManualClock:
 
     ``sleep`` advances the clock instead of waiting, so retries with backoff and deadlines run
     instantly and deterministically. Step timeouts still use real time (anyio's).
+
+    Args:
+        start: the initial time, timezone-aware (default: 2026-01-01 00:00 UTC).
     """
 
     def __init__(self, start: datetime | None = None) -> None:
@@ -44,12 +50,15 @@ class ManualClock:
         """Every delay slept, in order."""
 
     def now(self) -> datetime:
+        """The clock's current time."""
         return self._now
 
     def advance(self, seconds: float) -> None:
+        """Move the clock forward by ``seconds``."""
         self._now += timedelta(seconds=seconds)
 
     async def sleep(self, seconds: float) -> None:
+        """Record the delay in ``sleeps`` and advance the clock by it, without waiting."""
         self.sleeps.append(seconds)
         self.advance(seconds)
         await anyio.lowlevel.checkpoint()
@@ -83,7 +92,9 @@ class FaultInjector:
     """
 
     rules: list[_Rule] = field(default_factory=list)
+    """The rules, in the order they were added (the builder methods append to it)."""
     log: list[tuple[str, Phase, int]] = field(default_factory=list)
+    """Every call seen, as ``(step, phase, attempt)``."""
 
     def fail(
         self,
@@ -94,8 +105,11 @@ class FaultInjector:
         phase: Phase = Phase.ACTION,
         after_call: bool = False,
     ) -> FaultInjector:
-        """Raise ``error`` instead of calling the step (or, with ``after_call``, after it
-        ran: the effect happened but the reply was lost)."""
+        """Raise ``error`` instead of calling the step.
+
+        With ``after_call``, raise it after the call returned instead: the effect happened but
+        the reply was lost. Returns the injector, so that calls chain.
+        """
         kind: FaultKind = "raise_after" if after_call else "raise"
         self.rules.append(_Rule(step, phase, kind, attempts, error))
         return self
@@ -115,13 +129,17 @@ class FaultInjector:
         attempts: Collection[int] | None = None,
         phase: Phase = Phase.ACTION,
     ) -> FaultInjector:
-        """End the process (exit 137) before the call, or after it returned but before the
-        orchestrator records its result."""
+        """End the process (exit 137) at the step, as ``kill -9`` would.
+
+        ``when="before"`` ends it before the call; ``when="after"`` after the call returned,
+        but before the orchestrator records its result.
+        """
         kind: FaultKind = "crash_before" if when == "before" else "crash_after"
         self.rules.append(_Rule(step, phase, kind, attempts, None))
         return self
 
     async def __call__(self, run: StepRun, proceed: Callable[[], Awaitable[Any]]) -> Any:
+        """The interceptor: log the call, then apply the first matching rule, if any."""
         self.log.append((run.step, run.phase, run.attempt))
         rule = self._match(run)
         if rule is None:

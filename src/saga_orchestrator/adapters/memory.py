@@ -32,7 +32,10 @@ class _Row:
 
 
 class InMemorySagaRepository:
-    """A :class:`~saga_orchestrator.protocols.SagaRepository` in a dict."""
+    """A [`SagaRepository`][saga_orchestrator.protocols.SagaRepository] in a dict.
+
+    It also implements [`SagaStatusCounter`][saga_orchestrator.protocols.SagaStatusCounter].
+    """
 
     def __init__(self) -> None:
         self._rows: dict[UUID, _Row] = {}
@@ -43,6 +46,7 @@ class InMemorySagaRepository:
     async def create(
         self, context: SagaContext[Any], state: str, events: Sequence[SagaEvent] = ()
     ) -> None:
+        """Store a new saga; raises ``SagaAlreadyExistsError`` if its id is taken."""
         await checkpoint()  # like any real store, let other tasks run
         if context.saga_id in self._rows:
             raise SagaAlreadyExistsError(context.saga_id)
@@ -65,6 +69,10 @@ class InMemorySagaRepository:
         expected_version: int,
         events: Sequence[SagaEvent] = (),
     ) -> None:
+        """Replace the saga's record if its stored version is ``expected_version``.
+
+        Raises ``SagaConflictError`` otherwise.
+        """
         await checkpoint()  # like any real store, let other tasks run
         row = self._rows.get(context.saga_id)
         if row is None or row.version != expected_version:
@@ -75,11 +83,13 @@ class InMemorySagaRepository:
         self.writes += 1
 
     async def get(self, saga_id: UUID) -> SagaContext[Any] | None:
+        """The stored saga (a fresh copy, decoded from its JSON), or ``None``."""
         await checkpoint()  # like any real store, let other tasks run
         row = self._rows.get(saga_id)
         return decode_context(row.state) if row is not None else None
 
     async def get_by_correlation_id(self, correlation_id: str) -> SagaContext[Any] | None:
+        """The most recently created saga with this correlation id, or ``None``."""
         await checkpoint()  # like any real store, let other tasks run
         latest: _Row | None = None
         for row in self._rows.values():
@@ -96,6 +106,7 @@ class InMemorySagaRepository:
         saga_type: str | None = None,
         limit: int = 1000,
     ) -> list[SagaContext[Any]]:
+        """Stored sagas, oldest first, filtered by status and type, at most ``limit``."""
         await checkpoint()  # like any real store, let other tasks run
         rows = sorted(self._rows.values(), key=lambda row: row.order)
         selected = [
@@ -109,6 +120,7 @@ class InMemorySagaRepository:
     async def count_by_status(
         self, statuses: Collection[SagaStatus]
     ) -> dict[tuple[str, SagaStatus], int]:
+        """``{(saga_type, status): count}`` for the given statuses (absent means 0)."""
         await checkpoint()
         counts: dict[tuple[str, SagaStatus], int] = {}
         for row in self._rows.values():
@@ -119,27 +131,34 @@ class InMemorySagaRepository:
 
 
 class InMemoryIdempotencyStore:
-    """An :class:`~saga_orchestrator.protocols.IdempotencyStore` in a dict."""
+    """An [`IdempotencyStore`][saga_orchestrator.protocols.IdempotencyStore] in a dict."""
 
     def __init__(self) -> None:
         self._values: dict[str, str] = {}
 
     async def get(self, key: str) -> str | None:
+        """The value stored under ``key``, or ``None``."""
         await checkpoint()  # like any real store, let other tasks run
         return self._values.get(key)
 
     async def put_if_absent(self, key: str, value: str) -> str:
+        """Store ``value`` unless ``key`` has one already; return the value that is stored."""
         await checkpoint()  # like any real store, let other tasks run
         return self._values.setdefault(key, value)
 
 
 class InMemoryEventPublisher:
-    """Keeps every published event in ``.events``, in publication order."""
+    """An [`EventPublisher`][saga_orchestrator.protocols.EventPublisher] that keeps events.
+
+    Every published event goes to ``events``, in publication order.
+    """
 
     def __init__(self) -> None:
         self.events: list[SagaEvent] = []
+        """Every event published so far, in order."""
 
     async def publish(self, events: Sequence[SagaEvent]) -> None:
+        """Append ``events`` to ``events``."""
         await checkpoint()  # like any real store, let other tasks run
         self.events.extend(events)
 

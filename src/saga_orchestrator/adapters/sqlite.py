@@ -217,6 +217,7 @@ class _SQLiteBase:
 
     @property
     def path(self) -> str:
+        """The database file, as given."""
         return self._db.path
 
     @property
@@ -229,9 +230,11 @@ class _SQLiteBase:
         await self._db.read(lambda connection: None)
 
     async def close(self) -> None:
+        """Close the connection; using the object again reopens it."""
         await self._db.close()
 
     async def __aenter__(self) -> Self:
+        """Open the database (``open``) and return this object."""
         await self.open()
         return self
 
@@ -241,11 +244,15 @@ class _SQLiteBase:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        """Close the database (``close``)."""
         await self.close()
 
 
 class SQLiteSagaRepository(_SQLiteBase):
-    """A :class:`~saga_orchestrator.protocols.SagaRepository` in one SQLite file.
+    """A [`SagaRepository`][saga_orchestrator.protocols.SagaRepository] in one SQLite file.
+
+    It also implements [`SagaStatusCounter`][saga_orchestrator.protocols.SagaStatusCounter].
+    Use it as an async context manager, or call ``open`` and ``close``.
 
     Args:
         path: the database file (created with its folder if missing).
@@ -257,6 +264,7 @@ class SQLiteSagaRepository(_SQLiteBase):
     async def create(
         self, context: SagaContext[Any], state: str, events: Sequence[SagaEvent] = ()
     ) -> None:
+        """Insert a new saga; raises ``SagaAlreadyExistsError`` if its id is taken."""
         row = (
             str(context.saga_id),
             context.saga_type,
@@ -288,6 +296,10 @@ class SQLiteSagaRepository(_SQLiteBase):
         expected_version: int,
         events: Sequence[SagaEvent] = (),
     ) -> None:
+        """Replace the saga's row if its stored version is ``expected_version``.
+
+        Raises ``SagaConflictError``, and writes nothing, otherwise.
+        """
         params = (
             context.status.value,
             context.version,
@@ -310,6 +322,7 @@ class SQLiteSagaRepository(_SQLiteBase):
         await self._db.write(op)
 
     async def get(self, saga_id: UUID) -> SagaContext[Any] | None:
+        """The stored saga, or ``None``."""
         row = await self._db.read(
             lambda c: c.execute(
                 "SELECT state FROM sagas WHERE saga_id = ?", (str(saga_id),)
@@ -318,6 +331,7 @@ class SQLiteSagaRepository(_SQLiteBase):
         return decode_context(row[0]) if row is not None else None
 
     async def get_by_correlation_id(self, correlation_id: str) -> SagaContext[Any] | None:
+        """The most recently created saga with this correlation id, or ``None``."""
         row = await self._db.read(
             lambda c: c.execute(
                 "SELECT state FROM sagas WHERE correlation_id = ? ORDER BY rowid DESC LIMIT 1",
@@ -333,6 +347,7 @@ class SQLiteSagaRepository(_SQLiteBase):
         saga_type: str | None = None,
         limit: int = 1000,
     ) -> list[SagaContext[Any]]:
+        """Stored sagas, oldest first, filtered by status and type, at most ``limit``."""
         clauses: list[str] = []
         params: list[Any] = []
         if statuses is not None:
@@ -355,6 +370,11 @@ class SQLiteSagaRepository(_SQLiteBase):
     async def count_by_status(
         self, statuses: Collection[SagaStatus]
     ) -> dict[tuple[str, SagaStatus], int]:
+        """``{(saga_type, status): count}`` for the given statuses (absent means 0).
+
+        Cheap for active and failed statuses, which partial indexes cover, however many
+        finished sagas the file holds.
+        """
         if not statuses:
             return {}
         values = [SagaStatus(s).value for s in statuses]
@@ -372,12 +392,15 @@ class SQLiteSagaRepository(_SQLiteBase):
 
 
 class SQLiteIdempotencyStore(_SQLiteBase):
-    """An :class:`~saga_orchestrator.protocols.IdempotencyStore` in a SQLite file.
+    """An [`IdempotencyStore`][saga_orchestrator.protocols.IdempotencyStore] in a SQLite file.
 
-    It may share the repository's file (it uses its own table and connection).
+    It may share the repository's file (it uses its own table and connection), and takes the
+    same arguments as
+    [`SQLiteSagaRepository`][saga_orchestrator.adapters.sqlite.SQLiteSagaRepository].
     """
 
     async def get(self, key: str) -> str | None:
+        """The value stored under ``key``, or ``None``."""
         row = await self._db.read(
             lambda c: c.execute(
                 "SELECT value FROM idempotency_keys WHERE key = ?", (key,)
@@ -386,6 +409,7 @@ class SQLiteIdempotencyStore(_SQLiteBase):
         return row[0] if row is not None else None
 
     async def put_if_absent(self, key: str, value: str) -> str:
+        """Store ``value`` unless ``key`` has one already; return the value that is stored."""
         now = datetime.now(UTC).isoformat()
 
         def op(connection: sqlite3.Connection) -> str:

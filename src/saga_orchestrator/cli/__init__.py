@@ -1,26 +1,31 @@
 """The operator's command line: find, inspect, retry, cancel and recover stored sagas.
 
-    saga-orchestrator --db orders.db list --status failed
-    saga-orchestrator --db orders.db list --status running compensating --older-than 10m
-    saga-orchestrator --db orders.db list --type order_fulfillment --json
-    saga-orchestrator --db orders.db show 1b9e4a52-0c1e-4d5e-9a4b-6f0d2b7c8e11
-    saga-orchestrator --app order_fulfillment.admin:orchestrator --db orders.db retry ID
-    saga-orchestrator --app order_fulfillment.admin:orchestrator --db orders.db cancel ID \\
-        --reason "customer called"
-    saga-orchestrator --app order_fulfillment.admin:orchestrator --db orders.db recover
-    python -m saga_orchestrator.cli --help
+```bash
+saga-orchestrator --db orders.db list --status failed
+saga-orchestrator --db orders.db list --status running compensating --older-than 10m
+saga-orchestrator --db orders.db list --type order_fulfillment --json
+saga-orchestrator --db orders.db show 1b9e4a52-0c1e-4d5e-9a4b-6f0d2b7c8e11
+saga-orchestrator --app order_fulfillment.admin:orchestrator --db orders.db retry ID
+saga-orchestrator --app order_fulfillment.admin:orchestrator --db orders.db cancel ID \\
+    --reason "customer called"
+saga-orchestrator --app order_fulfillment.admin:orchestrator --db orders.db recover
+python -m saga_orchestrator.cli --help
+```
 
 Where the sagas are: ``--db PATH`` opens an existing SQLite file with an orchestrator that
 knows no saga type, which is enough to ``list`` and ``show``. ``retry``, ``cancel`` and
 ``recover`` run compensations and steps, so they need the sagas' code: ``--app
 MODULE:CALLABLE`` names a callable that takes the ``--db`` value (or ``None``) and returns an
-async context manager yielding a configured :class:`SagaOrchestrator`, its registry filled
-with the saga factories and their services::
+async context manager yielding a configured
+[`SagaOrchestrator`][saga_orchestrator.orchestrator.SagaOrchestrator], its registry filled
+with the saga factories and their services:
 
-    @contextlib.asynccontextmanager
-    async def orchestrator(db: str | None) -> AsyncIterator[SagaOrchestrator]:
-        async with Shop(db) as shop:
-            yield shop.orchestrator
+```python
+@contextlib.asynccontextmanager
+async def orchestrator(db: str | None) -> AsyncIterator[SagaOrchestrator]:
+    async with Shop(db) as shop:
+        yield shop.orchestrator
+```
 
 Stored saga data names its dataclasses by module, so they are imported when a saga is read:
 run the command where your code is importable (the current directory is on ``sys.path``, as

@@ -1,8 +1,10 @@
 """OpenTelemetry tracing for sagas: ``pip install saga-orchestrator[otel]`` (the API only; your
 service installs and configures the SDK and exporter).
 
-    tracing = SagaTracing()
-    orchestrator = SagaOrchestrator(repository, interceptors=[tracing])
+```python
+tracing = SagaTracing()
+orchestrator = SagaOrchestrator(repository, interceptors=[tracing])
+```
 
 Each saga gets a span ``saga <saga_type>``; under it, each attempt of a step gets
 ``run step <name>`` and each compensation attempt ``compensate step <name>``. Span names stay
@@ -37,7 +39,12 @@ _TERMINAL = {
 
 
 class SagaTracing:
-    """A step interceptor and a listener at once: pass it in ``interceptors``."""
+    """A step interceptor and a listener at once: pass it in ``interceptors``.
+
+    Args:
+        tracer_provider: where to get the tracer (default: the global provider).
+        tracer: a tracer to use as it is, instead.
+    """
 
     def __init__(
         self,
@@ -48,11 +55,13 @@ class SagaTracing:
         self.tracer = tracer or trace.get_tracer(
             "saga_orchestrator", tracer_provider=tracer_provider
         )
+        """The tracer the spans come from (instrumentation scope ``saga_orchestrator``)."""
         self._sagas: dict[UUID, Span] = {}
 
     # ------------------------------------------------------------------ listener
 
     def on_event(self, event: SagaEvent) -> None:
+        """The listener: open the saga's span when it starts, end it at its terminal event."""
         if event.type is SagaEventType.SAGA_STARTED:
             self._saga_span(event.saga_id, event.saga_type, event.correlation_id, resumed=False)
             return
@@ -72,6 +81,7 @@ class SagaTracing:
     # ------------------------------------------------------------------ interceptor
 
     async def __call__(self, run: StepRun, proceed: Callable[[], Awaitable[Any]]) -> Any:
+        """The interceptor: run the call inside its attempt's span, current while it runs."""
         parent = self._sagas.get(run.saga_id) or self._saga_span(
             run.saga_id, run.saga_type, None, resumed=True
         )

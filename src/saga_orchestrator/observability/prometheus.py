@@ -1,10 +1,12 @@
 """Prometheus metrics for sagas: ``pip install saga-orchestrator[prometheus]``.
 
-    metrics = PrometheusMetrics(registry)               # a listener
-    states = SagaStatesCollector(repository, registry)  # saga_states, from the database
-    orchestrator = SagaOrchestrator(repository, listeners=[metrics])
-    ...
-    await states.refresh()  # or run `states.run(interval_seconds=15)` in a task
+```python
+metrics = PrometheusMetrics(registry)               # a listener
+states = SagaStatesCollector(repository, registry)  # saga_states, from the database
+orchestrator = SagaOrchestrator(repository, listeners=[metrics])
+...
+await states.refresh()  # or run `states.run(interval_seconds=15)` in a task
+```
 
 Metric names and labels are the ones the specification's Grafana dashboard queries:
 
@@ -57,7 +59,13 @@ _TERMINAL = {
 
 
 class PrometheusMetrics:
-    """A :class:`~saga_orchestrator.protocols.SagaListener` that keeps the saga metrics."""
+    """A [`SagaListener`][saga_orchestrator.protocols.SagaListener] that keeps the saga metrics.
+
+    Args:
+        registry: where to register the metrics (``None``: nowhere, as in tests).
+        saga_duration_buckets: histogram buckets of ``saga_duration_seconds``.
+        step_duration_buckets: histogram buckets of ``saga_step_duration_seconds``.
+    """
 
     def __init__(
         self,
@@ -72,6 +80,7 @@ class PrometheusMetrics:
             ["saga_type", "status"],
             registry=registry,
         )
+        """``saga_executions_total{saga_type, status}``."""
         self.duration = Histogram(
             "saga_duration_seconds",
             "Seconds from a saga's start to its terminal status.",
@@ -79,12 +88,14 @@ class PrometheusMetrics:
             buckets=saga_duration_buckets,
             registry=registry,
         )
+        """``saga_duration_seconds{saga_type, status}``."""
         self.step_failures = Counter(
             "saga_step_failures",
             "Failed attempts of forward steps (retried or not).",
             ["saga_type", "step"],
             registry=registry,
         )
+        """``saga_step_failures_total{saga_type, step}``."""
         self.step_duration = Histogram(
             "saga_step_duration_seconds",
             "Seconds one attempt of a forward step took.",
@@ -92,20 +103,24 @@ class PrometheusMetrics:
             buckets=step_duration_buckets,
             registry=registry,
         )
+        """``saga_step_duration_seconds{saga_type, step, outcome}``."""
         self.step_retries = Counter(
             "saga_step_retries",
             "Forward step attempts that failed and were scheduled again.",
             ["saga_type", "step"],
             registry=registry,
         )
+        """``saga_step_retries_total{saga_type, step}``."""
         self.compensations = Counter(
             "saga_compensations",
             "Compensation attempts, by outcome (compensated or failed).",
             ["saga_type", "step", "outcome"],
             registry=registry,
         )
+        """``saga_compensations_total{saga_type, step, outcome}``."""
 
     def on_event(self, event: SagaEvent) -> None:
+        """The listener: update the metrics the event concerns."""
         kind = event.type
         saga_type = event.saga_type
         if kind in _TERMINAL:
@@ -133,9 +148,21 @@ class PrometheusMetrics:
 
 
 class SagaStatesCollector(Collector):
-    """``saga_states{saga_type, status}``: counts read from the repository, shared truth for
-    every process. Prometheus scrapes synchronously, so the counts are refreshed by
-    :meth:`refresh` (or :meth:`run`) and served from the last refresh."""
+    """The ``saga_states{saga_type, status}`` gauge, counted in the repository.
+
+    The repository is the truth shared by every process, so the figures are right however
+    many processes run sagas.
+
+    Prometheus scrapes synchronously, so the counts are refreshed by ``refresh`` (or ``run``)
+    and served from the last refresh.
+
+    Args:
+        repository: a repository with ``count_by_status`` (both built-in ones have it; see
+            [`SagaStatusCounter`][saga_orchestrator.protocols.SagaStatusCounter]).
+        registry: where to register the collector (``None``: nowhere).
+        saga_types: types to report (with zeros) before any saga of theirs is counted.
+        statuses: the statuses to report.
+    """
 
     def __init__(
         self,
@@ -146,7 +173,9 @@ class SagaStatesCollector(Collector):
         statuses: Collection[SagaStatus] = GAUGE_STATUSES,
     ) -> None:
         self.repository = repository
+        """Where the counts come from."""
         self.statuses = tuple(statuses)
+        """The statuses reported."""
         self._saga_types = set(saga_types)
         self._counts: dict[tuple[str, SagaStatus], int] = {}
         if registry is not None:
@@ -165,6 +194,7 @@ class SagaStatesCollector(Collector):
             await anyio.sleep(interval_seconds)
 
     def collect(self) -> Iterator[Metric]:
+        """The ``saga_states`` gauge from the last refresh (called by the Prometheus client)."""
         family = GaugeMetricFamily(
             "saga_states",
             "Sagas currently in each status (non-terminal ones, and failed), from the store.",
