@@ -85,4 +85,5 @@ DEFAULT_COMPENSATION_RETRY = RetryPolicy(
     backoff_coefficient=2.0,
     max_backoff_seconds=30.0,
 )
-"""Compensations retry every error, far more persistently: 10 attempts over about 100 s."""
+"""Compensations retry every error, far more persistently: 10 attempts, waiting 0.2 s
+doubling to 30 s between them (at most about 80 s in all, less with jitter)."""
