@@ -116,3 +116,31 @@ async def test_malformed_stored_row_is_a_clear_error(tmp_path: Path) -> None:
     async with SQLiteSagaRepository(path) as repo:
         with pytest.raises(SerializationError, match="malformed"):
             await repo.get(result.saga_id)
+
+
+async def test_recover_goes_on_past_an_unreadable_row(tmp_path: Path) -> None:
+    """A saga whose stored data no longer decodes is logged and left; the others resume."""
+    path = tmp_path / "unreadable.db"
+    gate = anyio.Event()
+
+    async def blocked(step: str, attempt: int) -> dict[str, object]:
+        await gate.wait()
+        return {}
+
+    async with SQLiteSagaRepository(path) as repo:
+        sagas = [TripSaga(TripData(), behaviour={"car": blocked}) for _ in range(2)]
+        for saga in sagas:
+            with anyio.move_on_after(0.1):
+                await SagaOrchestrator(repo).execute(saga)
+    broken = str(sagas[0].context.saga_id)
+    with sqlite3.connect(path) as db:
+        state = db.execute("SELECT state FROM sagas WHERE saga_id = ?", (broken,)).fetchone()[0]
+        renamed = state.replace("tests.sagas:TripData", "tests.sagas:RenamedSinceThen")
+        db.execute("UPDATE sagas SET state = ? WHERE saga_id = ?", (renamed, broken))
+
+    async with SQLiteSagaRepository(path) as repo:
+        orchestrator = SagaOrchestrator(repo)
+        orchestrator.register("trip", lambda data: TripSaga(data))
+        results = await orchestrator.recover()
+        assert [r.saga_id for r in results] == [sagas[1].context.saga_id]
+        assert [r.status for r in results] == [SagaStatus.COMPLETED]

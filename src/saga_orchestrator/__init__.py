@@ -21,6 +21,7 @@ from .definitions import BaseSaga, SagaStep
 from .errors import (
     NonRetryableError,
     RetryableError,
+    SagaAlreadyExistsError,
     SagaConflictError,
     SagaDefinitionError,
     SagaError,
@@ -31,7 +32,7 @@ from .orchestrator import SagaOrchestrator
 from .protocols import Clock, EventPublisher, IdempotencyStore, SagaListener, SagaRepository
 from .registry import SagaRegistry
 from .retry import RetryPolicy
-from .runtime import StepRun, current_step
+from .runtime import Phase, StepRun, current_step
 from .state import SagaContext, SagaResult, SagaStatus, StepState, StepStatus
 
 # A library never configures logging; this only keeps Python's last-resort handler quiet.
@@ -51,10 +52,12 @@ __all__ = [
     "InMemoryIdempotencyStore",
     "InMemorySagaRepository",
     "NonRetryableError",
+    "Phase",
     "RetryPolicy",
     "RetryableError",
     "SQLiteIdempotencyStore",
     "SQLiteSagaRepository",
+    "SagaAlreadyExistsError",
     "SagaConflictError",
     "SagaContext",
     "SagaDefinitionError",

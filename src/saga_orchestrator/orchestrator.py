@@ -178,38 +178,50 @@ class SagaOrchestrator:
         process is driving the same sagas (a saga advanced elsewhere in the meantime is
         detected by its version and left to that process).
         """
-        pending = await self.repository.list_sagas(statuses=ACTIVE_STATUSES, limit=1_000_000)
         results: list[SagaResult[Any]] = []
         limiter = anyio.CapacityLimiter(self.recovery_concurrency)
+        list_ids = getattr(self.repository, "list_saga_ids", None)
+        if list_ids is not None:
+            # Each saga is read on its own, so one unreadable row cannot stop the others.
+            pending: list[UUID | SagaContext[Any]] = list(
+                await list_ids(statuses=ACTIVE_STATUSES, limit=1_000_000)
+            )
+        else:
+            pending = list(
+                await self.repository.list_sagas(statuses=ACTIVE_STATUSES, limit=1_000_000)
+            )
 
-        async def resume(context: SagaContext[Any]) -> None:
+        async def resume(item: UUID | SagaContext[Any]) -> None:
             async with limiter:
-                if context.saga_type not in self.registry:
-                    logger.warning(
-                        "saga.recovery.skipped: no factory for saga_type %r (saga %s)",
-                        context.saga_type,
-                        context.saga_id,
-                        extra={"saga_id": str(context.saga_id)},
-                    )
-                    return
                 try:
+                    context = await self.repository.get(item) if isinstance(item, UUID) else item
+                    if context is None or context.is_terminal:
+                        return  # finished meanwhile
+                    if context.saga_type not in self.registry:
+                        logger.warning(
+                            "saga.recovery.skipped: no factory for saga_type %r (saga %s)",
+                            context.saga_type,
+                            context.saga_id,
+                            extra={"saga_id": str(context.saga_id)},
+                        )
+                        return
                     self.registry.rebuild(context)
                     self._reconcile_interrupted(context)
                     results.append(await self._drive(context))
                 except SagaConflictError as exc:
                     logger.warning("saga.recovery.conflict: %s", exc)
                 except Exception:
-                    # One saga that cannot be resumed must not stop the others.
+                    # One saga that cannot be read or resumed must not stop the others.
+                    saga_id = item if isinstance(item, UUID) else item.saga_id
                     logger.exception(
-                        "saga.recovery.failed: %s %s",
-                        context.saga_type,
-                        context.saga_id,
-                        extra={"event": "saga.recovery.failed", "saga_id": str(context.saga_id)},
+                        "saga.recovery.failed: saga %s",
+                        saga_id,
+                        extra={"event": "saga.recovery.failed", "saga_id": str(saga_id)},
                     )
 
         async with anyio.create_task_group() as tg:
-            for context in pending:
-                tg.start_soon(resume, context)
+            for item in pending:
+                tg.start_soon(resume, item)
         return results
 
     async def resume(self, saga_id: UUID) -> SagaResult[Any]:
@@ -238,6 +250,8 @@ class SagaOrchestrator:
         )
         pending = _Pending()
         context.status = SagaStatus.COMPENSATING
+        if context.error:  # back to why the saga compensates; the step keeps its own error
+            context.error = context.error.split(_COMPENSATION_FAILED, 1)[0]
         pending.add(SagaEventType.COMPENSATION_STARTED, error=context.error)
         if index is None or not self._begin_next_compensation(context, index, pending, reset=True):
             self._finish_compensation(context, pending)
@@ -392,33 +406,24 @@ class SagaOrchestrator:
             if nxt is None:
                 await self._schedule_retry(context, index, policy, outcome, result.seconds)
                 return
-            if not step.retriable:
-                outcome = _Failure(
-                    text=f"{outcome.text} ({nxt.text})",
-                    retryable=False,
-                    effect_possible=outcome.effect_possible,
-                )
+            outcome = nxt  # the last error, and why no attempt follows
         await self._fail_step(context, index, outcome, result.seconds)
 
     def _check_can_attempt(
         self, context: SagaContext[Any], step: SagaStep[Any], state: StepState, policy: RetryPolicy
     ) -> _Failure | None:
-        """Why another attempt must not start (attempts used up, deadline passed), if so."""
+        """Why another attempt must not start (attempts used up, deadline passed), if so: the
+        step's last error followed by that reason."""
         if step.retriable:
             return None  # after the pivot: forward recovery only
         if state.attempts >= policy.max_attempts:
-            return _Failure(
-                text=state.error or f"gave up after {state.attempts} attempts",
-                retryable=False,
-                effect_possible=state.effect_possible,
-            )
-        if context.deadline is not None and self.clock.now() >= context.deadline:
-            return _Failure(
-                text=f"saga deadline {context.deadline.isoformat()} exceeded",
-                retryable=False,
-                effect_possible=state.effect_possible,
-            )
-        return None
+            reason = f"gave up after {_attempts(state.attempts)}"
+        elif context.deadline is not None and self.clock.now() >= context.deadline:
+            reason = f"saga deadline {context.deadline.isoformat()} exceeded"
+        else:
+            return None
+        text = f"{state.error} ({reason})" if state.error else reason
+        return _Failure(text=text, retryable=False, effect_possible=state.effect_possible)
 
     def _begin_attempt(
         self, context: SagaContext[Any], index: int, pending: _Pending, now: datetime
@@ -534,6 +539,7 @@ class SagaOrchestrator:
                 continue  # nothing to undo, by declaration
             if reset:
                 state.compensation_attempts = 0
+                state.compensation_started_at = None
             state.status = StepStatus.COMPENSATING
             state.compensation_attempts += 1
             state.next_attempt_at = None
@@ -612,7 +618,7 @@ class SagaOrchestrator:
         state.status = StepStatus.COMPENSATION_FAILED
         context.status = SagaStatus.FAILED
         context.error = (
-            f"{context.error}; compensating {state.name} failed after "
+            f"{context.error}{_COMPENSATION_FAILED}{state.name} failed after "
             f"{_attempts(state.compensation_attempts)}: {error}"
         )
         pending.add(
@@ -875,6 +881,9 @@ def _log_event(event: SagaEvent) -> None:
             "correlation_id": event.correlation_id,
         },
     )
+
+
+_COMPENSATION_FAILED = "; compensating "
 
 
 def _attempts(count: int) -> str:

@@ -20,6 +20,7 @@ __all__ = [
     "Clock",
     "EventPublisher",
     "IdempotencyStore",
+    "SagaIdLister",
     "SagaListener",
     "SagaRepository",
     "SagaStatusCounter",
@@ -98,6 +99,19 @@ class SagaStatusCounter(Protocol):
         self, statuses: Collection[SagaStatus]
     ) -> dict[tuple[str, SagaStatus], int]:
         """``{(saga_type, status): count}`` for the given statuses (absent means 0)."""
+        ...
+
+
+@runtime_checkable
+class SagaIdLister(Protocol):
+    """Optional repository capability: ids without decoding state. With it, ``recover()``
+    reads each saga on its own, so one unreadable row (a data class renamed since) cannot
+    stop the others from resuming. Both built-in repositories have it."""
+
+    async def list_saga_ids(
+        self, *, statuses: Collection[SagaStatus] | None = None, limit: int = 1000
+    ) -> list[UUID]:
+        """Ids of stored sagas with one of ``statuses`` (all if ``None``), oldest first."""
         ...
 
 

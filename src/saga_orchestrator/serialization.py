@@ -241,7 +241,13 @@ def _decode_tagged(tag: str, data: dict[str, Any]) -> Any:
             return {key: decode_value(item) for key, item in raw.items()}
         case "$enum":
             enum_cls = _resolve(raw)
-            return enum_cls(decode_value(data["v"]))
+            value = decode_value(data["v"])
+            try:
+                return enum_cls(value)
+            except ValueError:
+                raise SerializationError(
+                    f"stored value {value!r} is no longer a member of {raw}"
+                ) from None
         case "$dataclass":
             cls = _resolve(raw)
             if not dataclasses.is_dataclass(cls):
@@ -269,8 +275,13 @@ def dumps(value: Any, where: str = "value") -> str:
 
 
 def loads(text: str) -> Any:
-    """Decode a JSON string written by [`dumps`][]."""
-    return decode_value(json.loads(text))
+    """Decode a JSON string written by [`dumps`][]; SerializationError if it cannot be."""
+    try:
+        return decode_value(json.loads(text))
+    except SerializationError:
+        raise
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SerializationError(f"stored value cannot be read back: {exc!r}") from exc
 
 
 def _dt(value: datetime | None) -> str | None:

@@ -117,6 +117,16 @@ class InMemorySagaRepository:
         ]
         return [decode_context(row.state) for row in selected[:limit]]
 
+    async def list_saga_ids(
+        self, *, statuses: Collection[SagaStatus] | None = None, limit: int = 1000
+    ) -> list[UUID]:
+        """Ids of stored sagas, oldest first, without reading their state."""
+        await checkpoint()
+        rows = sorted(self._rows.items(), key=lambda item: item[1].order)
+        return [saga_id for saga_id, row in rows if statuses is None or row.status in statuses][
+            :limit
+        ]
+
     async def count_by_status(
         self, statuses: Collection[SagaStatus]
     ) -> dict[tuple[str, SagaStatus], int]:

@@ -367,6 +367,23 @@ class SQLiteSagaRepository(_SQLiteBase):
         )
         return [decode_context(row[0]) for row in rows]
 
+    async def list_saga_ids(
+        self, *, statuses: Collection[SagaStatus] | None = None, limit: int = 1000
+    ) -> list[UUID]:
+        """Ids of stored sagas, oldest first, without decoding their state."""
+        where, params = "", []
+        if statuses is not None:
+            if not statuses:
+                return []
+            where = f" WHERE status IN ({', '.join('?' for _ in statuses)})"
+            params = [SagaStatus(s).value for s in statuses]
+        rows = await self._db.read(
+            lambda c: c.execute(
+                f"SELECT saga_id FROM sagas{where} ORDER BY rowid LIMIT ?", [*params, int(limit)]
+            ).fetchall()
+        )
+        return [UUID(row[0]) for row in rows]
+
     async def count_by_status(
         self, statuses: Collection[SagaStatus]
     ) -> dict[tuple[str, SagaStatus], int]:
