@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from uuid import uuid4
 
 import pytest
+import pytest_asyncio
 
 from saga_orchestrator import (
     InMemoryEventPublisher,
@@ -16,7 +21,46 @@ from saga_orchestrator import (
 )
 from saga_orchestrator.protocols import IdempotencyStore, SagaRepository
 
+if TYPE_CHECKING:
+    from saga_orchestrator.adapters.postgres import (
+        PostgresIdempotencyStore,
+        PostgresSagaRepository,
+    )
+
 REQUIRE_SERVICES = os.environ.get("SAGA_REQUIRE_SERVICES") == "1"
+
+POSTGRES_URL = os.environ.get("SAGA_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+"""The test database; every test that uses it gets a schema of its own."""
+
+ASYNCIO_ONLY = "psycopg's async connections run on asyncio only: PostgreSQL is not tested on trio"
+
+
+_NOT_RUN = pytest.StashKey[int]()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """PostgreSQL on trio is no combination the adapters offer: leave those out, and say so."""
+    kept: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        params = callspec.params if callspec is not None else {}
+        if params.get("backend") == "postgres" and params.get("anyio_backend") == "trio":
+            dropped.append(item)
+        else:
+            kept.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+    config.stash[_NOT_RUN] = len(dropped)
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """Name the deselected PostgreSQL-on-trio combinations and why."""
+    if config.stash.get(_NOT_RUN, 0):
+        terminalreporter.write_line(
+            f"{config.stash[_NOT_RUN]} deselected: postgres x trio ({ASYNCIO_ONLY})"
+        )
 
 
 def service_unavailable(reason: str) -> None:
@@ -26,10 +70,116 @@ def service_unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 def backend(request: pytest.FixtureRequest) -> str:
     """Which storage adapter the test runs on."""
+    if (
+        request.param == "postgres"
+        and "anyio_backend" in request.fixturenames
+        and request.getfixturevalue("anyio_backend") == "trio"
+    ):
+        pytest.skip(ASYNCIO_ONLY)
     return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """The test database's URL, once it answered; otherwise `service_unavailable`."""
+    try:
+        import psycopg
+    except ImportError:
+        service_unavailable("psycopg is not installed (the postgres extra)")
+    try:
+        with psycopg.connect(POSTGRES_URL, connect_timeout=5) as connection:
+            connection.execute("SELECT 1")
+    except psycopg.Error as exc:
+        service_unavailable(f"PostgreSQL unreachable at {POSTGRES_URL}: {exc}")
+    return POSTGRES_URL
+
+
+@dataclass(frozen=True)
+class PostgresSchema:
+    """A schema of the test database that one test owns, and adapters on it."""
+
+    url: str
+    name: str
+
+    def repository(self, **options: Any) -> PostgresSagaRepository:
+        """A new (unopened) repository on this schema."""
+        from saga_orchestrator.adapters.postgres import PostgresSagaRepository
+
+        return PostgresSagaRepository(self.url, schema=self.name, **options)
+
+    def idempotency_store(self, **options: Any) -> PostgresIdempotencyStore:
+        """A new (unopened) idempotency store on this schema."""
+        from saga_orchestrator.adapters.postgres import PostgresIdempotencyStore
+
+        return PostgresIdempotencyStore(self.url, schema=self.name, **options)
+
+    def query(self, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Run one statement on the schema, outside the adapters; its rows (if any)."""
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(self.url, autocommit=True) as connection:
+            connection.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.name)))
+            cursor = connection.execute(query, params)  # type: ignore[arg-type]
+            return cursor.fetchall() if cursor.description else []
+
+
+@pytest.fixture
+def postgres_schema(postgres_url: str) -> Iterator[PostgresSchema]:
+    """A fresh schema name (the adapters create it), dropped with its tables afterwards."""
+    import psycopg
+    from psycopg import sql
+
+    schema = PostgresSchema(postgres_url, f"saga_test_{uuid4().hex}")
+    yield schema
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        connection.execute(
+            sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema.name))
+        )
+
+
+@dataclass(frozen=True)
+class PostgresStores:
+    """The repository and idempotency store of one test, on its own schema."""
+
+    repository: PostgresSagaRepository
+    idempotency_store: PostgresIdempotencyStore
+
+
+# The PostgreSQL adapters hold a pool bound to the event loop, so they are opened and closed
+# by an async fixture running on the test's own loop: anyio's for anyio tests, pytest-asyncio's
+# for the spec's tests. `saga_repo` picks the one that matches the test.
+
+
+@pytest.fixture
+async def _postgres_stores_anyio(postgres_schema: PostgresSchema) -> AsyncIterator[PostgresStores]:
+    async with (
+        postgres_schema.repository() as repository,
+        postgres_schema.idempotency_store() as store,
+    ):
+        yield PostgresStores(repository, store)
+
+
+@pytest_asyncio.fixture
+async def _postgres_stores_asyncio(
+    postgres_schema: PostgresSchema,
+) -> AsyncIterator[PostgresStores]:
+    async with (
+        postgres_schema.repository() as repository,
+        postgres_schema.idempotency_store() as store,
+    ):
+        yield PostgresStores(repository, store)
+
+
+def _postgres_stores(request: pytest.FixtureRequest) -> PostgresStores:
+    if "anyio_backend" in request.fixturenames:
+        stores: PostgresStores = request.getfixturevalue("_postgres_stores_anyio")
+    else:
+        stores = request.getfixturevalue("_postgres_stores_asyncio")
+    return stores
 
 
 # Sync fixtures (the SQLite adapters open lazily), so that they serve asyncio tests
@@ -37,18 +187,24 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def saga_repo(backend: str, tmp_path: Path) -> SagaRepository:
+def saga_repo(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> SagaRepository:
     """The spec's `saga_repo`: a fresh repository of the parametrized kind."""
     if backend == "memory":
         return InMemorySagaRepository()
+    if backend == "postgres":
+        return _postgres_stores(request).repository
     return SQLiteSagaRepository(tmp_path / "sagas.db")
 
 
 @pytest.fixture
-def idempotency_store(backend: str, tmp_path: Path) -> IdempotencyStore:
+def idempotency_store(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> IdempotencyStore:
     """The spec's `idempotency_store`, on the same kind of storage (and file) as saga_repo."""
     if backend == "memory":
         return InMemoryIdempotencyStore()
+    if backend == "postgres":
+        return _postgres_stores(request).idempotency_store
     return SQLiteIdempotencyStore(tmp_path / "sagas.db")
 
 

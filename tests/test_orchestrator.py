@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 from uuid import uuid4
@@ -30,6 +31,7 @@ from saga_orchestrator.errors import (
 )
 from saga_orchestrator.protocols import SagaRepository
 from saga_orchestrator.testing import ManualClock
+from tests.conftest import PostgresSchema
 from tests.sagas import TripData, TripSaga, always, fail_on, returns
 
 pytestmark = pytest.mark.anyio
@@ -273,15 +275,32 @@ async def test_executing_a_stored_saga_again_returns_its_result(saga_repo: SagaR
     assert log == []
 
 
-async def test_two_orchestrators_never_both_advance_one_saga(backend: str, tmp_path: Any) -> None:
-    """Racing resumes of one interrupted saga: one runs the step, the other stops cleanly."""
+@pytest.fixture
+async def two_repositories(
+    backend: str, tmp_path: Any, request: pytest.FixtureRequest
+) -> AsyncIterator[list[SagaRepository]]:
+    """Two repository objects on one store, as two processes have (in memory: one, shared)."""
     from saga_orchestrator import SQLiteSagaRepository
 
     if backend == "memory":
         shared = InMemorySagaRepository()
-        repos: list[SagaRepository] = [shared, shared]
-    else:
+        yield [shared, shared]
+    elif backend == "sqlite":
         repos = [SQLiteSagaRepository(tmp_path / "race.db") for _ in range(2)]
+        yield list(repos)
+        for repo in repos:
+            await repo.close()
+    else:
+        schema: PostgresSchema = request.getfixturevalue("postgres_schema")
+        async with schema.repository() as first, schema.repository() as second:
+            yield [first, second]
+
+
+async def test_two_orchestrators_never_both_advance_one_saga(
+    two_repositories: list[SagaRepository],
+) -> None:
+    """Racing resumes of one interrupted saga: one runs the step, the other stops cleanly."""
+    repos = two_repositories
     gate = anyio.Event()
     log: list[str] = []
 
