@@ -23,19 +23,22 @@ that ledger:
 * without crashes, the outcome is exactly the one a simple model predicts.
 
 Each property runs on the in-memory repository under asyncio; all of them together also
-run, with fewer examples, on SQLite (a temporary file per example) and under trio.
+run, with fewer examples, on SQLite (a temporary file per example), on PostgreSQL (one schema
+for all examples) and under trio.
 """
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
 import anyio
 import anyio.lowlevel
+import pytest
 from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
 
@@ -330,6 +333,26 @@ class SQLiteStorage:
             await repository.close()
 
 
+class PostgresStorage:
+    """One PostgreSQL schema; each simulated process opens its own repository (and pool)."""
+
+    def __init__(self, url: str, schema: str) -> None:
+        self.url = url
+        self.schema = schema
+        self.repositories: list[SagaRepository] = []
+
+    def open(self) -> SagaRepository:
+        from saga_orchestrator.adapters.postgres import PostgresSagaRepository
+
+        repository = PostgresSagaRepository(self.url, schema=self.schema)
+        self.repositories.append(repository)
+        return repository
+
+    async def close(self) -> None:
+        for repository in self.repositories:
+            await repository.close()  # type: ignore[attr-defined]
+
+
 @dataclass
 class Run:
     """What one scenario did: the calls, the ledger and the stored states."""
@@ -367,7 +390,7 @@ class Run:
         return [index for phase, index in ledger if phase is Phase.COMPENSATION]
 
 
-async def _run(scenario: Scenario, storage: MemoryStorage | SQLiteStorage) -> Run:
+async def _run(scenario: Scenario, storage: MemoryStorage | SQLiteStorage | PostgresStorage) -> Run:
     world = World(scenario)
     clock = ManualClock()
     publisher = InMemoryEventPublisher()
@@ -432,6 +455,11 @@ def run_on_sqlite(scenario: Scenario) -> Run:
     """Run the scenario on a fresh SQLite file."""
     with tempfile.TemporaryDirectory() as folder:
         return anyio.run(_run, scenario, SQLiteStorage(Path(folder) / "sagas.db"))
+
+
+def run_on_postgres(scenario: Scenario, url: str, schema: str) -> Run:
+    """Run the scenario on a PostgreSQL schema (sagas have fresh ids: one schema serves all)."""
+    return anyio.run(_run, scenario, PostgresStorage(url, schema), backend="asyncio")
 
 
 # ---------------------------------------------------------------- properties
@@ -671,6 +699,29 @@ def test_outcome_matches_the_model_without_crashes(scenario: Scenario) -> None:
 def test_every_property_holds_on_sqlite(scenario: Scenario) -> None:
     """Every property above also holds on the SQLite repository."""
     run = run_on_sqlite(scenario)
+    for check in ALL_CHECKS:
+        check(run)
+
+
+@pytest.fixture(scope="module")
+def properties_schema(postgres_url: str) -> Iterator[str]:
+    """One schema for every example (hypothesis reruns the test; fixtures run once)."""
+    import psycopg
+    from psycopg import sql
+
+    name = f"saga_test_{uuid4().hex}"
+    yield name
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        connection.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
+
+
+@fewer
+@given(scenario=scenarios())
+def test_every_property_holds_on_postgres(
+    scenario: Scenario, postgres_url: str, properties_schema: str
+) -> None:
+    """Every property above also holds on the PostgreSQL repository."""
+    run = run_on_postgres(scenario, postgres_url, properties_schema)
     for check in ALL_CHECKS:
         check(run)
 
