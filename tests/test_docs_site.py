@@ -34,6 +34,7 @@ REFERENCE_MODULES = [
     "saga_orchestrator.protocols",
     "saga_orchestrator.adapters.memory",
     "saga_orchestrator.adapters.sqlite",
+    "saga_orchestrator.adapters.postgres",
     "saga_orchestrator.errors",
     "saga_orchestrator.retry",
     "saga_orchestrator.events",

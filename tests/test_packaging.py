@@ -77,6 +77,7 @@ def test_wheel_installs_into_a_fresh_venv_and_runs_a_saga(tmp_path: Path) -> Non
     names = zipfile.ZipFile(wheel).namelist()
     assert "saga_orchestrator/py.typed" in names
     assert "saga_orchestrator/adapters/migrations/sqlite/0001_initial.sql" in names
+    assert "saga_orchestrator/adapters/migrations/postgres/0001_initial.sql" in names
 
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
@@ -104,6 +105,18 @@ def test_wheel_installs_into_a_fresh_venv_and_runs_a_saga(tmp_path: Path) -> Non
     )
     assert user.returncode == 0, user.stderr
     assert user.stdout.split() == ["refunded", "status", "compensated"]
+
+    # Without the postgres extra the core works (above); its adapter module says what to install.
+    no_extra = subprocess.run(
+        [str(python), "-c", "import saga_orchestrator.adapters.postgres"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=clean_env,
+        check=False,
+    )
+    assert no_extra.returncode == 1
+    assert "pip install 'saga-orchestrator[postgres]'" in no_extra.stderr
 
     cli = subprocess.run(
         [str(env_dir / "bin" / "saga-orchestrator"), "--db", str(tmp_path / "user.db"), "list"],

@@ -91,7 +91,7 @@ class SagaRepository(Protocol):
 class SagaStatusCounter(Protocol):
     """Optional repository capability: counts of stored sagas.
 
-    For gauges that every process agrees on (``saga_states``). Both built-in repositories
+    For gauges that every process agrees on (``saga_states``). The built-in repositories
     have it.
     """
 
@@ -106,7 +106,7 @@ class SagaStatusCounter(Protocol):
 class SagaIdLister(Protocol):
     """Optional repository capability: ids without decoding state. With it, ``recover()``
     reads each saga on its own, so one unreadable row (a data class renamed since) cannot
-    stop the others from resuming. Both built-in repositories have it."""
+    stop the others from resuming. The built-in repositories have it."""
 
     async def list_saga_ids(
         self, *, statuses: Collection[SagaStatus] | None = None, limit: int = 1000

@@ -48,10 +48,9 @@ from ..state import SagaContext, SagaStatus
 
 __all__ = ["PostgresIdempotencyStore", "PostgresSagaRepository", "migrate"]
 
-Connection = psycopg.AsyncConnection[TupleRow]
+_Connection = psycopg.AsyncConnection[TupleRow]
 
-MIGRATIONS_TABLE = "saga_schema_migrations"
-"""The table, in the adapters' schema, that records the applied migrations."""
+_MIGRATIONS_TABLE = "saga_schema_migrations"  # in the adapters' schema
 
 
 def _migrations() -> list[tuple[int, str, str]]:
@@ -64,7 +63,7 @@ def _migrations() -> list[tuple[int, str, str]]:
     return sorted(found)
 
 
-async def migrate(connection: Connection, schema: str = "public") -> list[str]:
+async def migrate(connection: _Connection, schema: str = "public") -> list[str]:
     """Apply the pending migrations to ``schema`` in one transaction; return their names.
 
     Creates the schema if it does not exist. Safe when several processes migrate the same
@@ -89,12 +88,12 @@ async def migrate(connection: Connection, schema: str = "public") -> list[str]:
             sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema))
         )
         await connection.execute(
-            f"CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} ("
+            f"CREATE TABLE IF NOT EXISTS {_MIGRATIONS_TABLE} ("
             " version integer PRIMARY KEY,"
             " name text NOT NULL,"
             " applied_at timestamptz NOT NULL DEFAULT now())"
         )
-        cursor = await connection.execute(f"SELECT version FROM {MIGRATIONS_TABLE}")
+        cursor = await connection.execute(f"SELECT version FROM {_MIGRATIONS_TABLE}")
         applied = {row[0] for row in await cursor.fetchall()}
         done: list[str] = []
         for number, name, script in _migrations():
@@ -102,7 +101,7 @@ async def migrate(connection: Connection, schema: str = "public") -> list[str]:
                 continue
             await connection.execute(script)  # several statements: no parameters
             await connection.execute(
-                f"INSERT INTO {MIGRATIONS_TABLE} (version, name) VALUES (%s, %s)",
+                f"INSERT INTO {_MIGRATIONS_TABLE} (version, name) VALUES (%s, %s)",
                 (number, name),
             )
             done.append(name)
@@ -112,7 +111,7 @@ async def migrate(connection: Connection, schema: str = "public") -> list[str]:
 @dataclass(slots=True, eq=False)
 class _Write:
     key: tuple[str, str]  # what the write locks; batches lock in this order
-    op: Callable[[Connection], Awaitable[Any]]
+    op: Callable[[_Connection], Awaitable[Any]]
     future: asyncio.Future[Any]
 
     def settle(self, result: Any = None, error: BaseException | None = None) -> None:
@@ -143,7 +142,7 @@ class _Database:
         self.max_size = max_size
         self.timeout_seconds = timeout_seconds
         self.apply_migrations = apply_migrations
-        self._pool: AsyncConnectionPool[Connection] | None = None
+        self._pool: AsyncConnectionPool[_Connection] | None = None
         self._opening: asyncio.Lock | None = None
         self._queue: list[_Write] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -153,14 +152,14 @@ class _Database:
     def table(self, name: str) -> sql.Identifier:
         return sql.Identifier(self.schema, name)
 
-    async def pool(self, *, migrating: bool | None = None) -> AsyncConnectionPool[Connection]:
+    async def pool(self, *, migrating: bool | None = None) -> AsyncConnectionPool[_Connection]:
         if self._pool is not None:
             return self._pool
         if self._opening is None:
             self._opening = asyncio.Lock()
         async with self._opening:
             if self._pool is None:
-                pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
+                pool: AsyncConnectionPool[_Connection] = AsyncConnectionPool(
                     self.conninfo,
                     min_size=self.min_size,
                     max_size=self.max_size,
@@ -174,7 +173,7 @@ class _Database:
                         async with pool.connection() as connection:
                             await migrate(connection, self.schema)
                 except BaseException:
-                    await pool.close()
+                    await asyncio.shield(pool.close())  # closes even if we are cancelled
                     raise
                 self._pool = pool
         return self._pool
@@ -197,7 +196,7 @@ class _Database:
             rows: list[Any] = await cursor.fetchall()
             return rows
 
-    async def write(self, key: tuple[str, str], op: Callable[[Connection], Awaitable[Any]]) -> Any:
+    async def write(self, key: tuple[str, str], op: Callable[[_Connection], Awaitable[Any]]) -> Any:
         """Run ``op`` in a write transaction, shared with the writes queued meanwhile."""
         loop = asyncio.get_running_loop()
         item = _Write(key, op, loop.create_future())
@@ -344,7 +343,8 @@ class PostgresSagaRepository(_PostgresBase):
 
     It also implements [`SagaStatusCounter`][saga_orchestrator.protocols.SagaStatusCounter]
     and [`SagaIdLister`][saga_orchestrator.protocols.SagaIdLister]. Use it as an async context
-    manager, or call ``open`` and ``close``; asyncio only.
+    manager, or call ``open`` and ``close``, on one asyncio event loop (its pool belongs to the
+    loop it was opened on; trio is not supported).
 
     Args:
         conninfo: a libpq connection string or URI
@@ -382,7 +382,7 @@ class PostgresSagaRepository(_PostgresBase):
         )
         saga_id = context.saga_id
 
-        async def op(connection: Connection) -> None:
+        async def op(connection: _Connection) -> None:
             cursor = await connection.execute(query, params)
             if cursor.rowcount != 1:
                 raise SagaAlreadyExistsError(saga_id)
@@ -415,7 +415,7 @@ class PostgresSagaRepository(_PostgresBase):
         )
         saga_id = context.saga_id
 
-        async def op(connection: Connection) -> None:
+        async def op(connection: _Connection) -> None:
             cursor = await connection.execute(query, params)
             if cursor.rowcount != 1:
                 raise SagaConflictError(saga_id, expected_version)
@@ -523,7 +523,7 @@ class PostgresIdempotencyStore(_PostgresBase):
         ).format(table)
         select = sql.SQL("SELECT value FROM {} WHERE key = %s").format(table)
 
-        async def op(connection: Connection) -> str:
+        async def op(connection: _Connection) -> str:
             cursor = await connection.execute(insert, (key, value))
             if cursor.rowcount == 1:
                 return value

@@ -157,7 +157,7 @@ class SagaStatesCollector(Collector):
     and served from the last refresh.
 
     Args:
-        repository: a repository with ``count_by_status`` (both built-in ones have it; see
+        repository: a repository with ``count_by_status`` (the built-in ones have it; see
             [`SagaStatusCounter`][saga_orchestrator.protocols.SagaStatusCounter]).
         registry: where to register the collector (``None``: nowhere).
         saga_types: types to report (with zeros) before any saga of theirs is counted.
