@@ -13,7 +13,6 @@ import pytest
 from saga_orchestrator import (
     BaseSaga,
     InMemoryEventPublisher,
-    InMemorySagaRepository,
     RetryPolicy,
     SagaConflictError,
     SagaDefinitionError,
@@ -279,21 +278,22 @@ async def test_executing_a_stored_saga_again_returns_its_result(saga_repo: SagaR
 async def two_repositories(
     backend: str, tmp_path: Any, request: pytest.FixtureRequest
 ) -> AsyncIterator[list[SagaRepository]]:
-    """Two repository objects on one store, as two processes have (in memory: one, shared)."""
+    """Two repository objects on one store, as two processes have (in memory, or a backend
+    with no branch here: its one `saga_repo`, shared)."""
     from saga_orchestrator import SQLiteSagaRepository
 
-    if backend == "memory":
-        shared = InMemorySagaRepository()
-        yield [shared, shared]
-    elif backend == "sqlite":
+    if backend == "sqlite":
         repos = [SQLiteSagaRepository(tmp_path / "race.db") for _ in range(2)]
         yield list(repos)
         for repo in repos:
             await repo.close()
-    else:
+    elif backend == "postgres":
         schema: PostgresSchema = request.getfixturevalue("postgres_schema")
         async with schema.repository() as first, schema.repository() as second:
             yield [first, second]
+    else:
+        shared: SagaRepository = request.getfixturevalue("saga_repo")
+        yield [shared, shared]
 
 
 async def test_two_orchestrators_never_both_advance_one_saga(
