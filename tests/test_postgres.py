@@ -239,6 +239,28 @@ async def test_racing_batches_conflict_instead_of_deadlocking(
             assert sorted(type(r).__name__ for r in (a, b)) == ["NoneType", "SagaConflictError"]
 
 
+async def test_a_write_cancelled_before_its_batch_is_not_written(
+    postgres_schema: PostgresSchema,
+) -> None:
+    """Cancelled while queued: nothing written; cancelled while committing: written whole."""
+    async with postgres_schema.repository() as repo:
+        queued, committing = _context(), _context()
+        # asyncio runs ready tasks in order: one step queues the write and schedules the
+        # writer task; the next step is the writer taking the batch and starting it.
+        first = asyncio.create_task(repo.create(queued, encode_context(queued)))
+        await asyncio.sleep(0)  # queued; its batch has not started
+        first.cancel()
+        second = asyncio.create_task(repo.create(committing, encode_context(committing)))
+        await asyncio.sleep(0)  # queued
+        await asyncio.sleep(0)  # taken into a batch, on its way to the database
+        second.cancel()
+        for task in (first, second):
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        await repo.close()  # waits for the batch in flight
+        assert await repo.list_saga_ids() == [committing.saga_id]
+
+
 async def test_a_write_the_database_rejects_fails_alone(postgres_schema: PostgresSchema) -> None:
     """A statement error aborts PostgreSQL's transaction: that write alone fails; the others
     (a duplicate id raising SagaAlreadyExistsError among them) are committed together."""

@@ -167,8 +167,8 @@ class _Database:
                     kwargs={"autocommit": True},
                     open=False,
                 )
-                await pool.open(wait=True, timeout=self.timeout_seconds)
                 try:
+                    await pool.open(wait=True, timeout=self.timeout_seconds)
                     if self.apply_migrations if migrating is None else migrating:
                         async with pool.connection() as connection:
                             await migrate(connection, self.schema)
@@ -216,8 +216,11 @@ class _Database:
         batch: list[_Write] = []
         try:
             while self._queue:
-                batch, self._queue = self._queue, []
-                await self._commit_batch(batch)
+                # A caller cancelled before its batch starts is left out: never written.
+                batch = [item for item in self._queue if not item.future.done()]
+                self._queue = []
+                if batch:
+                    await self._commit_batch(batch)
         except BaseException as exc:  # cancelled with the event loop: nothing is left waiting
             for item in [*batch, *self._queue]:
                 item.settle(error=exc)
