@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -218,3 +220,19 @@ def event_publisher() -> InMemoryEventPublisher:
 def anyio_backend(request: pytest.FixtureRequest) -> str:
     """anyio tests run on both event loops: the core promises asyncio and trio alike."""
     return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The library's wheel: the one scripts/test built (SAGA_TEST_WHEEL), else built once."""
+    given = os.environ.get("SAGA_TEST_WHEEL")
+    if given:
+        return Path(given)
+    out = tmp_path_factory.mktemp("dist")
+    root = Path(__file__).resolve().parent.parent
+    subprocess.run(
+        [sys.executable, "-m", "build", "--wheel", "--outdir", str(out), str(root)],
+        check=True,
+        capture_output=True,
+    )
+    return next(out.glob("*.whl"))

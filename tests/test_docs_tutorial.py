@@ -402,25 +402,11 @@ def test_concept_snippet_prints_what_its_page_shows(
 # ---------------------------------------------------------------------- a fresh venv
 
 
-def _wheel(tmp_path: Path) -> Path:
-    given = os.environ.get("SAGA_TEST_WHEEL")
-    if given:
-        return Path(given)
-    out = tmp_path / "dist"
-    subprocess.run(
-        [sys.executable, "-m", "build", "--wheel", "--outdir", str(out), str(ROOT)],
-        check=True,
-        capture_output=True,
-    )
-    return next(out.glob("*.whl"))
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_reader_in_a_fresh_venv_gets_a_saga_that_compensates(tmp_path: Path) -> None:
+def test_reader_in_a_fresh_venv_gets_a_saga_that_compensates(tmp_path: Path, wheel: Path) -> None:
     """A reader following only the tutorial, in a fresh venv, gets a working saga that
     compensates: the wheel alone installed, the page's files saved, its command run."""
-    wheel = _wheel(tmp_path)
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
     python = env_dir / "bin" / "python"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import textwrap
 import venv
 import zipfile
@@ -56,24 +55,10 @@ USER_CODE = textwrap.dedent(
 )
 
 
-def _wheel(tmp_path: Path) -> Path:
-    given = os.environ.get("SAGA_TEST_WHEEL")
-    if given:
-        return Path(given)
-    out = tmp_path / "dist"
-    subprocess.run(
-        [sys.executable, "-m", "build", "--wheel", "--outdir", str(out), str(ROOT)],
-        check=True,
-        capture_output=True,
-    )
-    return next(out.glob("*.whl"))
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_wheel_installs_into_a_fresh_venv_and_runs_a_saga(tmp_path: Path) -> None:
+def test_wheel_installs_into_a_fresh_venv_and_runs_a_saga(tmp_path: Path, wheel: Path) -> None:
     """pip install the wheel alone; a user's saga and the bundled example both run."""
-    wheel = _wheel(tmp_path)
     names = zipfile.ZipFile(wheel).namelist()
     assert "saga_orchestrator/py.typed" in names
     assert "saga_orchestrator/adapters/migrations/sqlite/0001_initial.sql" in names

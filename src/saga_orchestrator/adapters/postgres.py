@@ -26,8 +26,7 @@ from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 from uuid import UUID
 
 try:
@@ -45,6 +44,7 @@ from ..errors import SagaAlreadyExistsError, SagaConflictError
 from ..events import SagaEvent
 from ..serialization import decode_context
 from ..state import SagaContext, SagaStatus
+from ._lifecycle import AsyncLifecycle
 
 __all__ = ["PostgresIdempotencyStore", "PostgresSagaRepository", "migrate"]
 
@@ -277,7 +277,7 @@ class _Database:
             await pool.close()
 
 
-class _PostgresBase:
+class _PostgresBase(AsyncLifecycle):
     def __init__(
         self,
         conninfo: str,
@@ -318,20 +318,6 @@ class _PostgresBase:
     async def close(self) -> None:
         """Wait for queued writes, then close the pool; using the object again reopens it."""
         await self._db.close()
-
-    async def __aenter__(self) -> Self:
-        """Open the pool (``open``) and return this object."""
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Close the pool (``close``)."""
-        await self.close()
 
 
 def _status_list(statuses: Collection[SagaStatus]) -> sql.Composable:

@@ -21,8 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal
 from uuid import UUID
 
 import anyio
@@ -32,6 +31,7 @@ from ..errors import SagaAlreadyExistsError, SagaConflictError
 from ..events import SagaEvent
 from ..serialization import decode_context
 from ..state import SagaContext, SagaStatus
+from ._lifecycle import AsyncLifecycle
 
 __all__ = ["SQLiteIdempotencyStore", "SQLiteSagaRepository", "migrate"]
 
@@ -205,7 +205,7 @@ class _Database:
         await anyio.to_thread.run_sync(run)
 
 
-class _SQLiteBase:
+class _SQLiteBase(AsyncLifecycle):
     def __init__(
         self,
         path: str | Path,
@@ -232,20 +232,6 @@ class _SQLiteBase:
     async def close(self) -> None:
         """Close the connection; using the object again reopens it."""
         await self._db.close()
-
-    async def __aenter__(self) -> Self:
-        """Open the database (``open``) and return this object."""
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Close the database (``close``)."""
-        await self.close()
 
 
 class SQLiteSagaRepository(_SQLiteBase):
