@@ -161,9 +161,15 @@ def test_the_library_tests_pass_against_the_dict_repository(tmp_path: Path) -> N
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr
     summary = [line for line in result.stdout.splitlines() if " passed" in line]
-    duration = (r"in \d+\.\d+s", "in <t>s")
-    expected = [line for line in normalize(shown("contract-tests"), duration) if " passed" in line]
-    assert normalize("\n".join(summary), duration) == expected
+    # The counts grow with the library's own tests: the page shows them as an illustration,
+    # the test holds the shape (all passed, some deselected, nothing failed or skipped).
+    masks = (
+        (r"in \d+\.\d+s", "in <t>s"),
+        (r"\d+ (passed|deselected)", r"<n> \1"),
+        (r"=+", "="),
+    )
+    expected = [line for line in normalize(shown("contract-tests"), *masks) if " passed" in line]
+    assert normalize("\n".join(summary), *masks) == expected
 
 
 # ---------------------------------------------------------------------- operating

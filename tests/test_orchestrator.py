@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
@@ -634,3 +635,42 @@ async def test_recover_goes_on_past_a_saga_it_cannot_resume(
     assert stored is not None
     assert stored.status is SagaStatus.RUNNING
     assert any(getattr(r, "event", None) == "saga.recovery.failed" for r in caplog.records)
+
+
+async def test_hung_compensation_times_out_and_is_retried(saga_repo: SagaRepository) -> None:
+    """A compensation that never returns is cut by its timeout and retried, not awaited
+    forever: here it hangs on every attempt, so the saga ends FAILED with the timeout kept."""
+
+    class Hanging(TripSaga):
+        def define_steps(self) -> list[SagaStep[TripData]]:
+            return [
+                dataclasses.replace(step, compensation_timeout_seconds=0.02)
+                for step in super().define_steps()
+            ]
+
+    async def hang(step: str, attempt: int) -> None:
+        await anyio.sleep_forever()
+
+    log: list[str] = []
+    saga = Hanging(
+        TripData(),
+        log,
+        behaviour={"car": always(ValueError("no cars"))},
+        compensation_behaviour={"hotel": hang},
+    )
+    orch = orchestrator(saga_repo, compensation_retry=RetryPolicy(max_attempts=3))
+    with anyio.fail_after(5):
+        result = await orch.execute(saga)
+    assert result.status is SagaStatus.FAILED
+    assert log[-3:] == ["undo-hotel#1", "undo-hotel#2", "undo-hotel#3"]
+    assert result.steps[1].compensation_error == "TimeoutError: no result within 0.02s"
+
+
+def test_compensation_timeout_must_be_positive() -> None:
+    """A zero or negative compensation timeout is a definition error naming the field."""
+
+    async def noop(data: TripData) -> None:
+        return None
+
+    with pytest.raises(SagaDefinitionError, match="compensation_timeout_seconds must be > 0"):
+        SagaStep("a", noop, noop, compensation_timeout_seconds=0)

@@ -44,6 +44,9 @@ class SagaStep(Generic[T]):
     retriable: bool = False
     """A step after the pivot: retried until it succeeds, never compensated and never the
     cause of compensation. Retriable steps must come after every compensatable one."""
+    compensation_timeout_seconds: float | None = None
+    """Per compensation attempt; ``None`` uses ``timeout_seconds``. A compensation that times
+    out is retried like any failed one, so a hung call cannot hold the saga forever."""
 
     def __post_init__(self) -> None:
         """Check the step as it is built.
@@ -61,11 +64,12 @@ class SagaStep(Generic[T]):
             raise SagaDefinitionError(
                 f"step {self.name!r}: compensation is not callable", step=self.name
             )
-        if self.timeout_seconds is not None and not self.timeout_seconds > 0:
-            raise SagaDefinitionError(
-                f"step {self.name!r}: timeout_seconds must be > 0, got {self.timeout_seconds}",
-                step=self.name,
-            )
+        for name in ("timeout_seconds", "compensation_timeout_seconds"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise SagaDefinitionError(
+                    f"step {self.name!r}: {name} must be > 0, got {value}", step=self.name
+                )
 
 
 _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")

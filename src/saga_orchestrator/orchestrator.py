@@ -682,7 +682,9 @@ class SagaOrchestrator:
                 step.name, compensation=phase is Phase.COMPENSATION
             ),
         )
-        timeout = step.timeout_seconds if phase is Phase.ACTION else None
+        timeout = step.timeout_seconds
+        if phase is Phase.COMPENSATION and step.compensation_timeout_seconds is not None:
+            timeout = step.compensation_timeout_seconds
         if phase is Phase.ACTION and context.deadline is not None and not step.retriable:
             remaining = (context.deadline - self.clock.now()).total_seconds()
             timeout = remaining if timeout is None else min(timeout, remaining)
