@@ -19,6 +19,7 @@ from .state import SagaContext, SagaStatus
 __all__ = [
     "Clock",
     "EventPublisher",
+    "IdempotencyPurger",
     "IdempotencyStore",
     "SagaIdLister",
     "SagaListener",
@@ -125,6 +126,18 @@ class IdempotencyStore(Protocol):
 
     async def put_if_absent(self, key: str, value: str) -> str:
         """Store ``value`` unless ``key`` has one already; return the value that is stored."""
+        ...
+
+
+@runtime_checkable
+class IdempotencyPurger(Protocol):
+    """Optional idempotency-store capability: forgetting old entries. Entries are kept until
+    purged; purge those of finished sagas (say, older than the longest saga plus a margin).
+    A step whose entry is gone and which is not recorded as completed runs again, as it
+    would without a store. All built-in stores have it."""
+
+    async def purge_before(self, cutoff: datetime) -> int:
+        """Forget entries stored before ``cutoff``; return how many."""
         ...
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -145,6 +146,7 @@ class InMemoryIdempotencyStore:
 
     def __init__(self) -> None:
         self._values: dict[str, str] = {}
+        self._created: dict[str, datetime] = {}
 
     async def get(self, key: str) -> str | None:
         """The value stored under ``key``, or ``None``."""
@@ -154,7 +156,18 @@ class InMemoryIdempotencyStore:
     async def put_if_absent(self, key: str, value: str) -> str:
         """Store ``value`` unless ``key`` has one already; return the value that is stored."""
         await checkpoint()  # like any real store, let other tasks run
-        return self._values.setdefault(key, value)
+        if key not in self._values:
+            self._values[key] = value
+            self._created[key] = datetime.now(UTC)
+        return self._values[key]
+
+    async def purge_before(self, cutoff: datetime) -> int:
+        """Forget entries stored before ``cutoff``; return how many."""
+        await checkpoint()
+        old = [key for key, created in self._created.items() if created < cutoff]
+        for key in old:
+            del self._values[key], self._created[key]
+        return len(old)
 
 
 class InMemoryEventPublisher:

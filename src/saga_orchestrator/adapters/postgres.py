@@ -524,3 +524,16 @@ class PostgresIdempotencyStore(_PostgresBase):
 
         result: str = await self._db.write(("idempotency_keys", key), op)
         return result
+
+    async def purge_before(self, cutoff: datetime) -> int:
+        """Forget entries stored before ``cutoff``; return how many."""
+        delete = sql.SQL("DELETE FROM {} WHERE created_at < %s").format(
+            self._db.table("idempotency_keys")
+        )
+
+        async def op(connection: _Connection) -> int:
+            cursor = await connection.execute(delete, (cutoff,))
+            return int(cursor.rowcount)
+
+        count: int = await self._db.write(("idempotency_keys", f"purge:{cutoff.isoformat()}"), op)
+        return count

@@ -429,6 +429,19 @@ class SQLiteIdempotencyStore(_SQLiteBase):
         result: str = await self._db.write(op)
         return result
 
+    async def purge_before(self, cutoff: datetime) -> int:
+        """Forget entries stored before ``cutoff``; return how many."""
+        bound = cutoff.astimezone(UTC).isoformat()
+
+        def op(connection: sqlite3.Connection) -> int:
+            deleted = connection.execute(
+                "DELETE FROM idempotency_keys WHERE created_at < ?", (bound,)
+            ).rowcount
+            return int(deleted)
+
+        count: int = await self._db.write(op)
+        return count
+
 
 def _iso(value: datetime | None) -> str:
     return (value or datetime.now(UTC)).isoformat()
