@@ -144,3 +144,27 @@ async def test_recover_goes_on_past_an_unreadable_row(tmp_path: Path) -> None:
         results = await orchestrator.recover()
         assert [r.saga_id for r in results] == [sagas[1].context.saga_id]
         assert [r.status for r in results] == [SagaStatus.COMPLETED]
+
+
+async def test_tools_can_read_sagas_whose_code_is_not_installed(tmp_path: Path) -> None:
+    """keep_unknown_types: an unimportable data class reads as an UnresolvedValue, not an
+    error (the admin CLI's --db uses it); the default stays strict."""
+    from saga_orchestrator.serialization import UnresolvedValue
+
+    path = tmp_path / "foreign.db"
+    async with SQLiteSagaRepository(path) as repo:
+        result = await SagaOrchestrator(repo).execute(TripSaga(TripData()))
+    with sqlite3.connect(path) as db:
+        state = db.execute("SELECT state FROM sagas").fetchone()[0]
+        db.execute("UPDATE sagas SET state = ?", (state.replace("tests.sagas:", "gone.mod:"),))
+
+    async with SQLiteSagaRepository(path) as strict:
+        with pytest.raises(SerializationError, match="cannot be imported"):
+            await strict.get(result.saga_id)
+    async with SQLiteSagaRepository(path, keep_unknown_types=True) as lenient:
+        stored = await lenient.get(result.saga_id)
+    assert stored is not None
+    assert stored.status is SagaStatus.COMPLETED
+    assert isinstance(stored.data, UnresolvedValue)
+    assert stored.data.type == "gone.mod:TripData"
+    assert stored.data.value["car"] == "car-ref"

@@ -20,6 +20,8 @@ import json
 import math
 import sys
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from enum import Enum
@@ -30,9 +32,31 @@ from zoneinfo import ZoneInfo
 from .errors import SerializationError
 from .state import SagaContext, SagaStatus, StepState, StepStatus
 
-__all__ = ["decode_context", "decode_value", "dumps", "encode_context", "encode_value", "loads"]
+__all__ = [
+    "UnresolvedValue",
+    "decode_context",
+    "decode_value",
+    "dumps",
+    "encode_context",
+    "encode_value",
+    "loads",
+]
 
 FORMAT_VERSION = 1
+
+_KEEP_UNKNOWN: ContextVar[bool] = ContextVar("saga_orchestrator_keep_unknown", default=False)
+
+
+@dataclass(frozen=True, slots=True)
+class UnresolvedValue:
+    """A stored dataclass or enum value whose class cannot be rebuilt here (its code is not
+    installed, or changed since): what ``decode_context(..., keep_unknown_types=True)``
+    returns in its place, for tools that only show stored sagas."""
+
+    type: str
+    """The stored ``module:QualifiedName``."""
+    value: Any
+    """The stored fields (a dict) or enum value, decoded as far as possible."""
 
 
 class _Refused(Exception):
@@ -240,33 +264,47 @@ def _decode_tagged(tag: str, data: dict[str, Any]) -> Any:
         case "$dict":
             return {key: decode_value(item) for key, item in raw.items()}
         case "$enum":
-            enum_cls = _resolve(raw)
             value = decode_value(data["v"])
             try:
-                return enum_cls(value)
-            except ValueError:
-                raise SerializationError(
-                    f"stored value {value!r} is no longer a member of {raw}"
-                ) from None
-        case "$dataclass":
-            cls = _resolve(raw)
-            if not dataclasses.is_dataclass(cls):
-                raise SerializationError(f"stored type {raw!r} is no longer a dataclass")
-            obj = object.__new__(cls)
-            stored = data["fields"]
-            for f in dataclasses.fields(cls):
-                if f.name in stored:
-                    object.__setattr__(obj, f.name, decode_value(stored[f.name]))
-                elif f.default is not dataclasses.MISSING:
-                    object.__setattr__(obj, f.name, f.default)
-                elif f.default_factory is not dataclasses.MISSING:
-                    object.__setattr__(obj, f.name, f.default_factory())
-                else:
+                enum_cls = _resolve(raw)
+                try:
+                    return enum_cls(value)
+                except ValueError:
                     raise SerializationError(
-                        f"stored {raw} has no value for field {f.name!r}, which has no default"
-                    )
-            return obj
+                        f"stored value {value!r} is no longer a member of {raw}"
+                    ) from None
+            except SerializationError:
+                if _KEEP_UNKNOWN.get():
+                    return UnresolvedValue(raw, value)
+                raise
+        case "$dataclass":
+            try:
+                return _decode_dataclass(raw, data["fields"])
+            except SerializationError:
+                if _KEEP_UNKNOWN.get():
+                    fields = {key: decode_value(item) for key, item in data["fields"].items()}
+                    return UnresolvedValue(raw, fields)
+                raise
     raise SerializationError(f"unknown tag {tag!r} in stored data")
+
+
+def _decode_dataclass(raw: str, stored: dict[str, Any]) -> Any:
+    cls = _resolve(raw)
+    if not dataclasses.is_dataclass(cls):
+        raise SerializationError(f"stored type {raw!r} is no longer a dataclass")
+    obj = object.__new__(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in stored:
+            object.__setattr__(obj, f.name, decode_value(stored[f.name]))
+        elif f.default is not dataclasses.MISSING:
+            object.__setattr__(obj, f.name, f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            object.__setattr__(obj, f.name, f.default_factory())
+        else:
+            raise SerializationError(
+                f"stored {raw} has no value for field {f.name!r}, which has no default"
+            )
+    return obj
 
 
 def dumps(value: Any, where: str = "value") -> str:
@@ -347,8 +385,15 @@ def encode_context(context: SagaContext[Any]) -> str:
     return json.dumps(document, separators=(",", ":"), allow_nan=False)
 
 
-def decode_context(text: str) -> SagaContext[Any]:
-    """Rebuild a context written by [`encode_context`][]."""
+def decode_context(text: str, *, keep_unknown_types: bool = False) -> SagaContext[Any]:
+    """Rebuild a context written by [`encode_context`][].
+
+    With ``keep_unknown_types``, a dataclass or enum value whose class cannot be rebuilt
+    becomes an [`UnresolvedValue`][saga_orchestrator.serialization.UnresolvedValue] instead
+    of an error: for tools that show stored sagas without their code. Such a context cannot
+    be driven.
+    """
+    token = _KEEP_UNKNOWN.set(keep_unknown_types)
     try:
         document = json.loads(text)
         if document.get("format") != FORMAT_VERSION:
@@ -372,3 +417,5 @@ def decode_context(text: str) -> SagaContext[Any]:
         raise
     except (KeyError, TypeError, ValueError) as exc:
         raise SerializationError(f"stored saga state is malformed: {exc!r}") from exc
+    finally:
+        _KEEP_UNKNOWN.reset(token)

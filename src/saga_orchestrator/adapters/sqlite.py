@@ -245,7 +245,25 @@ class SQLiteSagaRepository(_SQLiteBase):
         synchronous: SQLite's ``PRAGMA synchronous``; ``FULL`` makes each acknowledged
             transition survive power loss, ``NORMAL`` only process crashes.
         busy_timeout_seconds: how long to wait for another process's write lock.
+        keep_unknown_types: read sagas whose data classes cannot be imported here, with
+            [`UnresolvedValue`][saga_orchestrator.serialization.UnresolvedValue]s in their
+            place (for tools that only show sagas, like the admin CLI's `--db`).
     """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        synchronous: Synchronous = "FULL",
+        busy_timeout_seconds: float = 30.0,
+        keep_unknown_types: bool = False,
+    ) -> None:
+        """Set up the repository; the file is opened (and migrated) on first use."""
+        super().__init__(path, synchronous=synchronous, busy_timeout_seconds=busy_timeout_seconds)
+        self._keep_unknown_types = keep_unknown_types
+
+    def _decode(self, state: str) -> SagaContext[Any]:
+        return decode_context(state, keep_unknown_types=self._keep_unknown_types)
 
     async def create(
         self, context: SagaContext[Any], state: str, events: Sequence[SagaEvent] = ()
@@ -314,7 +332,7 @@ class SQLiteSagaRepository(_SQLiteBase):
                 "SELECT state FROM sagas WHERE saga_id = ?", (str(saga_id),)
             ).fetchone()
         )
-        return decode_context(row[0]) if row is not None else None
+        return self._decode(row[0]) if row is not None else None
 
     async def get_by_correlation_id(self, correlation_id: str) -> SagaContext[Any] | None:
         """The most recently created saga with this correlation id, or ``None``."""
@@ -324,7 +342,7 @@ class SQLiteSagaRepository(_SQLiteBase):
                 (correlation_id,),
             ).fetchone()
         )
-        return decode_context(row[0]) if row is not None else None
+        return self._decode(row[0]) if row is not None else None
 
     async def list_sagas(
         self,
@@ -351,7 +369,7 @@ class SQLiteSagaRepository(_SQLiteBase):
                 f"SELECT state FROM sagas{where} ORDER BY rowid LIMIT ?", params
             ).fetchall()
         )
-        return [decode_context(row[0]) for row in rows]
+        return [self._decode(row[0]) for row in rows]
 
     async def list_saga_ids(
         self, *, statuses: Collection[SagaStatus] | None = None, limit: int = 1000
