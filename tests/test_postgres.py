@@ -160,7 +160,7 @@ def test_processes_starting_together_migrate_once(postgres_schema: PostgresSchem
 @pytest.mark.slow
 def test_several_processes_share_one_database(postgres_schema: PostgresSchema) -> None:
     """Three processes running sagas concurrently on one schema: all complete, none errors."""
-    args = ("-m", "tests.postgres_worker", postgres_schema.url, postgres_schema.name)
+    args = ("-m", "tests.saga_worker", "postgres", postgres_schema.url, postgres_schema.name)
     children = [_spawn(*args, "40", "16") for _ in range(3)]
     reports = []
     for child in children:

@@ -67,7 +67,9 @@ def test_processes_starting_together_migrate_once(tmp_path: Path) -> None:
 def test_several_processes_share_one_file(tmp_path: Path) -> None:
     """Three processes running sagas concurrently on one file: all complete, none errors."""
     path = tmp_path / "shared.db"
-    children = [_spawn("-m", "tests.sqlite_worker", str(path), "40", "16") for _ in range(3)]
+    children = [
+        _spawn("-m", "tests.saga_worker", "sqlite", str(path), "40", "16") for _ in range(3)
+    ]
     reports = []
     for child in children:
         out, err = child.communicate(timeout=120)
