@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Any
 from uuid import UUID, uuid4
 
-__all__ = ["SagaEvent", "SagaEventType"]
+__all__ = ["SagaEvent", "SagaEventType", "decode_event", "encode_event"]
 
 
 class SagaEventType(StrEnum):
@@ -66,3 +68,51 @@ class SagaEvent:
     """The saga's business key, if any."""
     event_id: UUID = field(default_factory=uuid4)
     """Stable identity for consumers to deduplicate redeliveries."""
+
+
+def encode_event(event: SagaEvent) -> str:
+    """The event as a JSON object (the wire format of the outbox and the broker publishers).
+
+    Field names are the attribute names; ids are strings, ``occurred_at`` is ISO 8601 UTC.
+    ``decode_event`` gives back an equal event.
+    """
+    document: dict[str, Any] = {
+        "event_id": str(event.event_id),
+        "type": event.type.value,
+        "saga_id": str(event.saga_id),
+        "saga_type": event.saga_type,
+        "sequence": event.sequence,
+        "occurred_at": event.occurred_at.astimezone(UTC).isoformat(),
+        "correlation_id": event.correlation_id,
+        "step": event.step,
+        "attempt": event.attempt,
+        "error": event.error,
+        "will_retry": event.will_retry,
+        "duration_seconds": event.duration_seconds,
+    }
+    return json.dumps(document, separators=(",", ":"), allow_nan=False)
+
+
+def decode_event(text: str | bytes) -> SagaEvent:
+    """The event that ``encode_event`` wrote. Raises ``ValueError`` naming what is wrong."""
+    try:
+        raw = json.loads(text)
+        occurred_at = datetime.fromisoformat(raw["occurred_at"])
+        if occurred_at.tzinfo is None:
+            raise ValueError("occurred_at has no time zone")
+        return SagaEvent(
+            event_id=UUID(raw["event_id"]),
+            type=SagaEventType(raw["type"]),
+            saga_id=UUID(raw["saga_id"]),
+            saga_type=str(raw["saga_type"]),
+            sequence=int(raw["sequence"]),
+            occurred_at=occurred_at.astimezone(UTC),
+            correlation_id=raw.get("correlation_id"),
+            step=raw.get("step"),
+            attempt=raw.get("attempt"),
+            error=raw.get("error"),
+            will_retry=bool(raw.get("will_retry", False)),
+            duration_seconds=raw.get("duration_seconds"),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"not a saga event document: {exc!r}") from exc

@@ -21,6 +21,7 @@ __all__ = [
     "EventPublisher",
     "IdempotencyPurger",
     "IdempotencyStore",
+    "OutboxSource",
     "SagaIdLister",
     "SagaListener",
     "SagaRepository",
@@ -151,6 +152,28 @@ class EventPublisher(Protocol):
         An error is logged and the event is lost (without an outbox): the transition itself is
         already recorded.
         """
+        ...
+
+
+@runtime_checkable
+class OutboxSource(Protocol):
+    """A transactional outbox: lifecycle events stored in the transaction of their transition.
+
+    A repository with ``stores_events = True`` writes each transition's events to its outbox;
+    an [`OutboxRelay`][saga_orchestrator.outbox.OutboxRelay] reads them back with
+    ``fetch_unsent`` and marks them with ``mark_sent`` once a publisher confirmed them.
+    """
+
+    async def fetch_unsent(self, limit: int) -> list[tuple[int, SagaEvent]]:
+        """Up to ``limit`` events not yet marked sent, as ``(outbox id, event)``, in outbox id
+        order (which is each saga's event order). An event is returned again until it is
+        marked sent, whatever the order its transaction committed in. A source that lets only
+        one relay at a time read (PostgreSQL: an advisory lock) returns ``[]`` to the others.
+        """
+        ...
+
+    async def mark_sent(self, ids: Sequence[int]) -> None:
+        """Record that these outbox entries were published."""
         ...
 
 
