@@ -39,8 +39,20 @@ async def test_fresh_file_gets_the_current_schema(tmp_path: Path) -> None:
         versions = db.execute("SELECT version, name FROM saga_schema_migrations").fetchall()
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
         journal = db.execute("PRAGMA journal_mode").fetchone()[0]
-    assert versions == [(1, "0001_initial.sql"), (2, "0002_failed_index.sql")]
-    assert {"sagas", "idempotency_keys", "sagas_active", "sagas_failed"} <= tables
+    assert versions == [
+        (1, "0001_initial.sql"),
+        (2, "0002_failed_index.sql"),
+        (3, "0003_outbox.sql"),
+    ]
+    assert {
+        "sagas",
+        "idempotency_keys",
+        "sagas_active",
+        "sagas_failed",
+        "saga_outbox",
+        "saga_outbox_unsent",
+        "saga_outbox_sent",
+    } <= tables
     assert journal == "wal"
 
 
@@ -60,7 +72,7 @@ def test_processes_starting_together_migrate_once(tmp_path: Path) -> None:
         assert child.returncode == 0, err
     with sqlite3.connect(path) as db:
         migrations = db.execute("SELECT count(*) FROM saga_schema_migrations").fetchone()[0]
-    assert migrations == 2  # each migration applied once, not once per process
+    assert migrations == 3  # each migration applied once, not once per process
 
 
 @pytest.mark.slow

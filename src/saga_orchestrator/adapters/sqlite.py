@@ -10,6 +10,10 @@ Concurrent writes from one process are committed together (group commit): while 
 transaction is being flushed, the writes that arrive queue up and go in the next one, each
 caller returning only once its own write is durable. Sequential use costs one transaction per
 write; many sagas in flight share fsyncs.
+
+The saga repository has a transactional outbox: each transition's lifecycle events are
+inserted into ``saga_outbox`` in the transaction that records the transition, for an
+[`OutboxRelay`][saga_orchestrator.outbox.OutboxRelay] to publish.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import anyio
 import anyio.to_thread
 
 from ..errors import SagaAlreadyExistsError, SagaConflictError
-from ..events import SagaEvent
+from ..events import SagaEvent, decode_event, encode_event
 from ..serialization import decode_context
 from ..state import SagaContext, SagaStatus
 from ._lifecycle import AsyncLifecycle
@@ -248,7 +252,19 @@ class SQLiteSagaRepository(_SQLiteBase):
         keep_unknown_types: read sagas whose data classes cannot be imported here, with
             [`UnresolvedValue`][saga_orchestrator.serialization.UnresolvedValue]s in their
             place (for tools that only show sagas, like the admin CLI's `--db`).
+        outbox: store each transition's lifecycle events in the ``saga_outbox`` table, in
+            the transaction that records the transition (``stores_events``), for an
+            [`OutboxRelay`][saga_orchestrator.outbox.OutboxRelay] to publish. With
+            ``False``, no events are stored.
+
+    With the outbox it also implements
+    [`OutboxSource`][saga_orchestrator.protocols.OutboxSource]; sent events stay in the
+    table until ``purge_sent_before`` deletes them.
     """
+
+    stores_events: bool = True
+    """Whether transitions store their events in the outbox (``False`` when made with
+    ``outbox=False``)."""
 
     def __init__(
         self,
@@ -257,10 +273,21 @@ class SQLiteSagaRepository(_SQLiteBase):
         synchronous: Synchronous = "FULL",
         busy_timeout_seconds: float = 30.0,
         keep_unknown_types: bool = False,
+        outbox: bool = True,
     ) -> None:
         """Set up the repository; the file is opened (and migrated) on first use."""
         super().__init__(path, synchronous=synchronous, busy_timeout_seconds=busy_timeout_seconds)
         self._keep_unknown_types = keep_unknown_types
+        if not outbox:
+            self.stores_events = False
+
+    def _outbox_rows(self, events: Sequence[SagaEvent]) -> list[tuple[str, int, str, str]] | None:
+        # Encoded before the write is queued: an event that cannot be encoded fails its own
+        # call, not the group-commit transaction it would share with other callers.
+        if not events or not self.stores_events:
+            return None
+        now = _utc(datetime.now(UTC))
+        return [(str(e.saga_id), e.sequence, encode_event(e), now) for e in events]
 
     def _decode(self, state: str) -> SagaContext[Any]:
         return decode_context(state, keep_unknown_types=self._keep_unknown_types)
@@ -280,6 +307,8 @@ class SQLiteSagaRepository(_SQLiteBase):
             state,
         )
 
+        outbox = self._outbox_rows(events)
+
         def op(connection: sqlite3.Connection) -> None:
             try:
                 connection.execute(
@@ -289,6 +318,8 @@ class SQLiteSagaRepository(_SQLiteBase):
                 )
             except sqlite3.IntegrityError:
                 raise SagaAlreadyExistsError(context.saga_id) from None
+            if outbox:
+                connection.executemany(_INSERT_OUTBOX, outbox)
 
         await self._db.write(op)
 
@@ -313,6 +344,7 @@ class SQLiteSagaRepository(_SQLiteBase):
             expected_version,
         )
         saga_id = context.saga_id
+        outbox = self._outbox_rows(events)
 
         def op(connection: sqlite3.Connection) -> None:
             cursor = connection.execute(
@@ -322,6 +354,8 @@ class SQLiteSagaRepository(_SQLiteBase):
             )
             if cursor.rowcount != 1:
                 raise SagaConflictError(saga_id, expected_version)
+            if outbox:
+                connection.executemany(_INSERT_OUTBOX, outbox)
 
         await self._db.write(op)
 
@@ -411,6 +445,59 @@ class SQLiteSagaRepository(_SQLiteBase):
         )
         return {(row[0], SagaStatus(row[1])): row[2] for row in rows}
 
+    async def fetch_unsent(self, limit: int) -> list[tuple[int, SagaEvent]]:
+        """Up to ``limit`` events not yet marked sent, as ``(outbox id, event)``, oldest
+        first (each saga's in ``sequence`` order).
+
+        Every caller gets them (SQLite has no lock to hand them to one relay only): run one
+        relay per database file, or each event is published once per relay.
+        """
+        rows = await self._db.read(
+            lambda c: c.execute(
+                "SELECT id, event FROM saga_outbox WHERE sent_at IS NULL ORDER BY id LIMIT ?",
+                (int(limit),),
+            ).fetchall()
+        )
+        return [(int(row[0]), decode_event(row[1])) for row in rows]
+
+    async def mark_sent(self, ids: Sequence[int]) -> None:
+        """Record that these outbox entries were published (ids already marked stay as
+        they are)."""
+        if not ids:
+            return
+        now = _utc(datetime.now(UTC))
+        values = [int(i) for i in ids]
+
+        def op(connection: sqlite3.Connection) -> None:
+            for start in range(0, len(values), _MAX_PARAMETERS):
+                chunk = values[start : start + _MAX_PARAMETERS]
+                connection.execute(
+                    f"UPDATE saga_outbox SET sent_at = ?"
+                    f" WHERE sent_at IS NULL AND id IN ({', '.join('?' for _ in chunk)})",
+                    [now, *chunk],
+                )
+
+        await self._db.write(op)
+
+    async def purge_sent_before(self, cutoff: datetime) -> int:
+        """Delete the outbox entries marked sent before ``cutoff``; return how many.
+
+        Unsent entries are never deleted, however old. ``cutoff`` must be timezone-aware
+        (``ValueError`` otherwise).
+        """
+        if cutoff.tzinfo is None:
+            raise ValueError("cutoff must be timezone-aware")
+        bound = _utc(cutoff)
+
+        def op(connection: sqlite3.Connection) -> int:
+            deleted = connection.execute(
+                "DELETE FROM saga_outbox WHERE sent_at IS NOT NULL AND sent_at < ?", (bound,)
+            ).rowcount
+            return int(deleted)
+
+        count: int = await self._db.write(op)
+        return count
+
 
 class SQLiteIdempotencyStore(_SQLiteBase):
     """An [`IdempotencyStore`][saga_orchestrator.protocols.IdempotencyStore] in a SQLite file.
@@ -461,5 +548,19 @@ class SQLiteIdempotencyStore(_SQLiteBase):
         return count
 
 
+_INSERT_OUTBOX = (
+    "INSERT INTO saga_outbox (saga_id, sequence, event, created_at) VALUES (?, ?, ?, ?)"
+)
+
+_MAX_PARAMETERS = 500
+"""Ids per ``IN (...)`` list: well below SQLite's limit on bound parameters (999 before
+3.32)."""
+
+
 def _iso(value: datetime | None) -> str:
     return (value or datetime.now(UTC)).isoformat()
+
+
+def _utc(value: datetime) -> str:
+    """Outbox times: UTC, always with microseconds, so that they compare as text."""
+    return value.astimezone(UTC).isoformat(timespec="microseconds")

@@ -1,0 +1,657 @@
+"""The transactional outbox: events stored with their transitions, published by OutboxRelay.
+
+``TestOutboxContract`` holds what every repository with an outbox must do; it runs on the
+``outbox_repository`` fixture, once per ``backend`` below (SQLite; PostgreSQL joins by adding
+its name to the ``backend`` params and a branch to ``outbox_repository``). The tests after
+it are SQLite's own: the ``outbox=False`` flag, rollback of the row when its events cannot be
+written, the upgrade of an older file, and a SIGKILLed process.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sqlite3
+import subprocess
+import sys
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator, Collection, Sequence
+from contextlib import closing
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from importlib import resources
+from pathlib import Path
+from typing import Any, Protocol
+from uuid import UUID, uuid4
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from saga_orchestrator import (
+    RetryPolicy,
+    SagaAlreadyExistsError,
+    SagaConflictError,
+    SagaContext,
+    SagaEvent,
+    SagaEventType,
+    SagaOrchestrator,
+    SagaStatus,
+    SQLiteSagaRepository,
+)
+from saga_orchestrator.events import decode_event
+from saga_orchestrator.outbox import OutboxRelay
+from saga_orchestrator.protocols import OutboxSource, SagaRepository
+from saga_orchestrator.serialization import encode_context
+from saga_orchestrator.testing import ManualClock
+from tests.sagas import TripData, TripSaga, always, fail_on
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.anyio
+
+
+class OutboxRepository(SagaRepository, OutboxSource, Protocol):
+    """What the contract tests need: a saga repository with an outbox, and its purge."""
+
+    stores_events: bool
+
+    async def purge_sent_before(self, cutoff: datetime) -> int: ...
+
+
+@pytest.fixture(params=["sqlite"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """The storage adapters with an outbox (this overrides conftest's, which adds memory)."""
+    return str(request.param)
+
+
+@pytest.fixture
+async def outbox_repository(backend: str, tmp_path: Path) -> AsyncIterator[OutboxRepository]:
+    """A fresh, open repository with its outbox on, of the parametrized kind."""
+    async with SQLiteSagaRepository(tmp_path / "outbox.db") as repository:
+        yield repository
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+class EventLog:
+    """A listener: the events the orchestrator emitted, each right after it was recorded."""
+
+    def __init__(self) -> None:
+        self.events: list[SagaEvent] = []
+
+    def on_event(self, event: SagaEvent) -> None:
+        self.events.append(event)
+
+
+class RecordingPublisher:
+    """Keeps every batch it is given, one list per ``publish`` call, and fails the calls
+    numbered in ``fail_calls`` (1-based) after taking them, as a broker that went down half
+    way would: their events may have reached consumers, so they count as delivered twice."""
+
+    def __init__(self, fail_calls: Collection[int] = ()) -> None:
+        self.calls: list[list[SagaEvent]] = []
+        self.failed: set[int] = set()
+        """Indexes (0-based) of the calls that raised."""
+        self.fail_calls = set(fail_calls)
+        self._called = anyio.Event()
+
+    async def publish(self, events: Sequence[SagaEvent]) -> None:
+        await anyio.lowlevel.checkpoint()
+        self.calls.append(list(events))
+        self._called.set()
+        self._called = anyio.Event()
+        if len(self.calls) in self.fail_calls:
+            self.failed.add(len(self.calls) - 1)
+            raise ConnectionError(f"broker went away (call {len(self.calls)})")
+
+    async def wait_for(self, count: int) -> None:
+        """Return once ``count`` distinct events were accepted."""
+        while len({e.event_id for e in self.accepted}) < count:
+            await self._called.wait()
+
+    @property
+    def accepted(self) -> list[SagaEvent]:
+        """The events of the calls that returned, in order."""
+        return [e for i, call in enumerate(self.calls) if i not in self.failed for e in call]
+
+    @property
+    def delivered(self) -> list[SagaEvent]:
+        """Every event handed over, failed calls included."""
+        return [e for call in self.calls for e in call]
+
+
+class SpySource:
+    """Wraps an outbox source: records each batch read, and says when a read found none."""
+
+    def __init__(self, source: OutboxSource) -> None:
+        self.source = source
+        self.batches: list[list[tuple[int, SagaEvent]]] = []
+        self.marked: list[list[int]] = []
+        self.empty = anyio.Event()
+
+    async def fetch_unsent(self, limit: int) -> list[tuple[int, SagaEvent]]:
+        batch = await self.source.fetch_unsent(limit)
+        self.batches.append(batch)
+        if not batch:
+            self.empty.set()
+        return batch
+
+    async def mark_sent(self, ids: Sequence[int]) -> None:
+        await self.source.mark_sent(ids)
+        self.marked.append(list(ids))
+
+
+async def run_sagas(repository: SagaRepository, count: int = 6) -> list[SagaEvent]:
+    """Run ``count`` trip sagas at once (completing, compensating, retrying a step); return
+    the events the orchestrator emitted."""
+    log = EventLog()
+    orchestrator = SagaOrchestrator(repository, clock=ManualClock(), listeners=[log])
+    behaviours: list[dict[str, Any]] = [
+        {},
+        {"car": always(ValueError("no car"))},  # a business refusal: compensates
+        {"hotel": fail_on({1}, ConnectionError("flaky"))},  # retried once
+    ]
+    async with anyio.create_task_group() as tg:
+        for index in range(count):
+            saga = TripSaga(TripData(), behaviour=behaviours[index % len(behaviours)])
+            tg.start_soon(orchestrator.execute, saga)
+    return log.events
+
+
+def by_saga(events: Sequence[SagaEvent]) -> dict[UUID, list[SagaEvent]]:
+    """Each saga's events, in the order given."""
+    grouped: dict[UUID, list[SagaEvent]] = defaultdict(list)
+    for event in events:
+        grouped[event.saga_id].append(event)
+    return dict(grouped)
+
+
+def assert_in_saga_order(events: Sequence[SagaEvent]) -> None:
+    """Each saga's events are 1, 2, 3, ... in sequence order, none missing or repeated."""
+    for saga_id, own in by_saga(events).items():
+        assert [e.sequence for e in own] == list(range(1, len(own) + 1)), saga_id
+
+
+async def drain(relay: OutboxRelay) -> int:
+    """Call ``run_once`` until nothing is left; how many events it published."""
+    total = 0
+    while count := await relay.run_once():
+        assert count <= relay.batch_size
+        total += count
+    return total
+
+
+def new_context() -> SagaContext[TripData]:
+    """A saga record as the orchestrator would first store it."""
+    now = datetime.now(UTC)
+    return SagaContext(
+        saga_id=uuid4(),
+        saga_type="trip",
+        data=TripData(),
+        steps=[],
+        status=SagaStatus.RUNNING,
+        created_at=now,
+        updated_at=now,
+        version=1,
+    )
+
+
+def event(context: SagaContext[Any], sequence: int, **fields: Any) -> SagaEvent:
+    """An event of ``context`` at ``sequence``."""
+    return SagaEvent(
+        type=SagaEventType.STEP_STARTED,
+        saga_id=context.saga_id,
+        saga_type=context.saga_type,
+        sequence=sequence,
+        occurred_at=datetime.now(UTC),
+        step="flight",
+        attempt=1,
+        **fields,
+    )
+
+
+async def unsent(source: OutboxSource) -> list[SagaEvent]:
+    return [e for _, e in await source.fetch_unsent(10_000)]
+
+
+# ---------------------------------------------------------------------------- the contract
+
+
+class TestOutboxContract:
+    """What a repository with an outbox and the relay over it guarantee together."""
+
+    async def test_relay_publishes_every_event_of_real_sagas(
+        self, outbox_repository: OutboxRepository
+    ) -> None:
+        """Every event the sagas emitted is published once, equal (event_id included) and in
+        each saga's order, one publish call per batch in outbox order; then all are sent."""
+        assert outbox_repository.stores_events is True
+        emitted = await run_sagas(outbox_repository)
+        spy = SpySource(outbox_repository)
+        publisher = RecordingPublisher()
+        relay = OutboxRelay(spy, publisher, batch_size=7)
+
+        assert await drain(relay) == len(emitted)
+
+        published = publisher.accepted
+        assert len(published) == len(emitted)
+        assert by_saga(published) == by_saga(emitted)
+        assert_in_saga_order(published)
+        for saga_id, own in by_saga(published).items():
+            stored = await outbox_repository.get(saga_id)
+            assert stored is not None
+            assert stored.event_sequence == own[-1].sequence
+        read = [batch for batch in spy.batches if batch]
+        assert publisher.calls == [[e for _, e in batch] for batch in read]
+        ids = [outbox_id for batch in read for outbox_id, _ in batch]
+        assert ids == sorted(set(ids))
+        assert spy.marked == [[outbox_id for outbox_id, _ in batch] for batch in read]
+        assert relay.published == len(emitted)
+        assert relay.last_error is None
+
+        assert await relay.run_once() == 0  # everything is marked sent
+        assert len(publisher.calls) == len(read)
+        assert await unsent(outbox_repository) == []
+
+    async def test_failing_publisher_loses_nothing_and_skips_nothing(
+        self, outbox_repository: OutboxRepository, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A publisher failing 3 times, then once more later: run() retries the same batch
+        after a growing backoff, keeps each saga's order, and repeats only failed batches."""
+        emitted = await run_sagas(outbox_repository)
+        spy = SpySource(outbox_repository)
+        publisher = RecordingPublisher(fail_calls={1, 2, 3, 6})
+        clock = ManualClock()
+        backoff = RetryPolicy(initial_backoff_seconds=0.05, max_backoff_seconds=5, jitter_ratio=0)
+        relay = OutboxRelay(
+            spy, publisher, batch_size=5, poll_interval_seconds=0, retry=backoff, clock=clock
+        )
+        assert len(emitted) > 3 * relay.batch_size  # the late failure hits a third batch
+
+        with caplog.at_level(logging.WARNING, logger="saga_orchestrator"):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(relay.run)
+                with anyio.fail_after(10):
+                    await publisher.wait_for(len(emitted))
+                    await spy.empty.wait()  # read after the last mark: all are sent
+                tg.cancel_scope.cancel()
+
+        # The same events, again and again, until they went through.
+        assert publisher.calls[0] == publisher.calls[1] == publisher.calls[2] == publisher.calls[3]
+        assert publisher.calls[5] == publisher.calls[6]
+        assert clock.sleeps == [0.05, 0.1, 0.2, 0.05]  # grows while failing, resets after
+        # Each event accepted exactly once, in each saga's order; nothing lost.
+        assert sorted(e.event_id for e in publisher.accepted) == sorted(e.event_id for e in emitted)
+        assert_in_saga_order(publisher.accepted)
+        assert by_saga(publisher.accepted) == by_saga(emitted)
+        # At least once: the extra deliveries are exactly the failed calls' events.
+        extra = Counter(e.event_id for e in publisher.delivered)
+        extra.subtract(Counter(e.event_id for e in publisher.accepted))
+        failed = Counter(e.event_id for i in publisher.failed for e in publisher.calls[i])
+        assert +extra == failed
+        # First deliveries already respect each saga's order.
+        first: dict[UUID, SagaEvent] = {}
+        for e in publisher.delivered:
+            first.setdefault(e.event_id, e)
+        assert_in_saga_order(list(first.values()))
+
+        warnings = [r for r in caplog.records if r.getMessage().startswith("saga.outbox.")]
+        assert [r.getMessage().split(":")[0] for r in warnings] == [
+            "saga.outbox.publish_failed"
+        ] * 4
+        assert all(r.levelno == logging.WARNING and r.exc_info for r in warnings)
+        assert relay.last_error is None
+        assert relay.published == len(emitted)
+        assert await unsent(outbox_repository) == []
+
+    async def test_run_once_propagates_a_publish_error_and_marks_nothing(
+        self, outbox_repository: OutboxRepository
+    ) -> None:
+        """run_once re-raises the publisher's error; the batch stays unsent, first in line."""
+        emitted = await run_sagas(outbox_repository, count=1)
+        relay = OutboxRelay(outbox_repository, RecordingPublisher(fail_calls={1}), batch_size=3)
+        with pytest.raises(ConnectionError, match="broker went away"):
+            await relay.run_once()
+        assert relay.last_error == "ConnectionError: broker went away (call 1)"
+        assert relay.published == 0
+        assert await unsent(outbox_repository) == emitted
+
+        assert await relay.run_once() == 3
+        assert relay.last_error is None
+        assert await unsent(outbox_repository) == emitted[3:]
+
+    async def test_cancelled_mid_publish_publishes_the_batch_again(
+        self, outbox_repository: OutboxRepository
+    ) -> None:
+        """A relay cancelled while publishing marked nothing: the next one sends the batch."""
+        emitted = await run_sagas(outbox_repository, count=1)
+        entered = anyio.Event()
+
+        class Stuck:
+            async def publish(self, events: Sequence[SagaEvent]) -> None:
+                entered.set()
+                await anyio.sleep_forever()
+
+        relay = OutboxRelay(outbox_repository, Stuck(), batch_size=4)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(relay.run)
+            with anyio.fail_after(10):
+                await entered.wait()
+            tg.cancel_scope.cancel()
+
+        publisher = RecordingPublisher()
+        assert await drain(OutboxRelay(outbox_repository, publisher, batch_size=4)) == len(emitted)
+        assert publisher.accepted == emitted
+
+    async def test_wake_makes_a_waiting_relay_fetch_now(
+        self, outbox_repository: OutboxRepository
+    ) -> None:
+        """With an hour's poll interval, wake() alone gets new events published."""
+        spy = SpySource(outbox_repository)
+        publisher = RecordingPublisher()
+        relay = OutboxRelay(spy, publisher, poll_interval_seconds=3600)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(relay.run)
+            with anyio.fail_after(10):
+                await spy.empty.wait()  # nothing to send yet: the relay waits
+                emitted = await run_sagas(outbox_repository, count=1)
+                assert publisher.calls == []
+                relay.wake()
+                await publisher.wait_for(len(emitted))
+            tg.cancel_scope.cancel()
+        assert publisher.accepted == emitted
+
+    async def test_relay_as_a_listener_publishes_right_after_each_transition(
+        self, outbox_repository: OutboxRepository
+    ) -> None:
+        """Among the orchestrator's listeners, the relay is woken by every transition."""
+        spy = SpySource(outbox_repository)
+        publisher = RecordingPublisher()
+        relay = OutboxRelay(spy, publisher, poll_interval_seconds=3600)
+        orchestrator = SagaOrchestrator(outbox_repository, listeners=[relay])
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(relay.run)
+            with anyio.fail_after(10):
+                await spy.empty.wait()
+                result = await orchestrator.execute(TripSaga(TripData()))
+                stored = await outbox_repository.get(result.saga_id)
+                assert stored is not None
+                await publisher.wait_for(stored.event_sequence)
+            tg.cancel_scope.cancel()
+        assert_in_saga_order(publisher.accepted)
+        assert publisher.accepted[-1].type is SagaEventType.SAGA_COMPLETED
+
+    async def test_a_failed_compare_and_set_writes_no_events(
+        self, outbox_repository: OutboxRepository
+    ) -> None:
+        """update with a stale expected_version, and create of a stored saga, store no
+        events; of two racing updates, only the winner's events are stored."""
+        repo = outbox_repository
+        context = new_context()
+        created = [event(context, 1)]
+        await repo.create(context, encode_context(context), created)
+
+        context.version = 2
+        with pytest.raises(SagaConflictError):
+            await repo.update(
+                context, encode_context(context), expected_version=7, events=[event(context, 2)]
+            )
+        again = replace(context, version=1)
+        with pytest.raises(SagaAlreadyExistsError):
+            await repo.create(again, encode_context(again), [event(context, 2)])
+        assert await unsent(repo) == created
+
+        racers = [[event(context, 2), event(context, 3)] for _ in range(2)]
+        outcomes: list[str] = []
+
+        async def update(events: list[SagaEvent]) -> None:
+            try:
+                await repo.update(
+                    context, encode_context(context), expected_version=1, events=events
+                )
+                outcomes.append("won")
+            except SagaConflictError:
+                outcomes.append("lost")
+
+        async with anyio.create_task_group() as tg:
+            for events in racers:
+                tg.start_soon(update, events)
+        assert sorted(outcomes) == ["lost", "won"]
+        stored = await unsent(repo)
+        assert stored in ([*created, *racers[0]], [*created, *racers[1]])
+
+    async def test_events_that_cannot_be_stored_fail_the_transition(
+        self, outbox_repository: OutboxRepository
+    ) -> None:
+        """An event that does not encode (a NaN duration) fails the write: no saga, no event."""
+        context = new_context()
+        with pytest.raises(ValueError):
+            await outbox_repository.create(
+                context,
+                encode_context(context),
+                [event(context, 1), event(context, 2, duration_seconds=float("nan"))],
+            )
+        assert await outbox_repository.get(context.saga_id) is None
+        assert await unsent(outbox_repository) == []
+
+    async def test_purge_deletes_only_events_sent_before_the_cutoff(
+        self, outbox_repository: OutboxRepository
+    ) -> None:
+        """purge_sent_before deletes sent events older than the cutoff, never unsent ones."""
+        repo = outbox_repository
+        context = new_context()
+        events = [event(context, sequence) for sequence in (1, 2, 3)]
+        await repo.create(context, encode_context(context), events)
+        before_marking = datetime.now(UTC) - timedelta(seconds=1)
+        ids = [outbox_id for outbox_id, _ in await repo.fetch_unsent(10)]
+        await repo.mark_sent(ids[:2])
+
+        assert await repo.purge_sent_before(before_marking) == 0
+        later = datetime.now(UTC) + timedelta(hours=1)
+        assert await repo.purge_sent_before(later) == 2
+        assert await repo.purge_sent_before(later) == 0
+        assert await unsent(repo) == events[2:]  # unsent: kept, however old
+
+        await repo.mark_sent(ids[2:])
+        assert await repo.purge_sent_before(later) == 1
+        assert await unsent(repo) == []
+
+
+# ---------------------------------------------------------------------------- SQLite
+
+
+def _outbox_rows(path: Path) -> int:
+    with closing(sqlite3.connect(path)) as db:
+        rows: int = db.execute("SELECT count(*) FROM saga_outbox").fetchone()[0]
+    return rows
+
+
+async def test_sqlite_outbox_can_be_turned_off(tmp_path: Path) -> None:
+    """outbox=False: that instance does not store events (stores_events is False on it)."""
+    path = tmp_path / "off.db"
+    async with SQLiteSagaRepository(path, outbox=False) as repo:
+        assert repo.stores_events is False
+        assert SQLiteSagaRepository.stores_events is True
+        assert SQLiteSagaRepository(path).stores_events is True
+        log = EventLog()  # the orchestrator still builds events, for this listener
+        result = await SagaOrchestrator(repo, listeners=[log]).execute(TripSaga(TripData()))
+        assert result.status is SagaStatus.COMPLETED
+        assert log.events
+        assert await repo.fetch_unsent(10) == []
+    assert _outbox_rows(path) == 0
+
+
+async def test_sqlite_saga_row_rolls_back_when_its_events_cannot_be_written(
+    tmp_path: Path,
+) -> None:
+    """Events commit with the row or not at all: when inserting them fails, the update is
+    rolled back too."""
+    path = tmp_path / "atomic.db"
+    async with SQLiteSagaRepository(path) as repo:
+        context = new_context()
+        await repo.create(context, encode_context(context), [event(context, 1)])
+        with closing(sqlite3.connect(path)) as db, db:
+            db.execute(
+                "CREATE TRIGGER refuse BEFORE INSERT ON saga_outbox"
+                " BEGIN SELECT RAISE(ABORT, 'outbox refused'); END"
+            )
+        context.version = 2
+        context.status = SagaStatus.COMPLETED
+        with pytest.raises(sqlite3.DatabaseError, match="outbox refused"):
+            await repo.update(
+                context, encode_context(context), expected_version=1, events=[event(context, 2)]
+            )
+        stored = await repo.get(context.saga_id)
+        assert stored is not None
+        assert (stored.version, stored.status) == (1, SagaStatus.RUNNING)
+        assert [e.sequence for e in await unsent(repo)] == [1]
+
+
+async def test_sqlite_marks_more_ids_than_one_statement_takes(tmp_path: Path) -> None:
+    """mark_sent with 1,200 ids (more than SQLite binds in one statement) marks them all."""
+    async with SQLiteSagaRepository(tmp_path / "many.db") as repo:
+        context = new_context()
+        events = [event(context, sequence) for sequence in range(1, 1201)]
+        await repo.create(context, encode_context(context), events)
+        batch = await repo.fetch_unsent(5000)
+        assert [e for _, e in batch] == events
+        await repo.mark_sent([outbox_id for outbox_id, _ in batch])
+        assert await repo.fetch_unsent(5000) == []
+
+
+async def test_sqlite_purge_needs_an_aware_cutoff(tmp_path: Path) -> None:
+    """A naive cutoff is ambiguous: ValueError, nothing deleted."""
+    async with SQLiteSagaRepository(tmp_path / "naive.db") as repo:
+        with pytest.raises(ValueError, match="timezone-aware"):
+            await repo.purge_sent_before(datetime(2026, 1, 1))  # noqa: DTZ001
+
+
+def _old_database(path: Path) -> None:
+    """A file as the versions before the outbox left it: migrations 0001 and 0002 only."""
+    folder = resources.files("saga_orchestrator.adapters.migrations") / "sqlite"
+    with closing(sqlite3.connect(path)) as db, db:
+        db.execute(
+            "CREATE TABLE saga_schema_migrations ("
+            " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+        )
+        for version, name in [(1, "0001_initial.sql"), (2, "0002_failed_index.sql")]:
+            db.executescript((folder / name).read_text(encoding="utf-8"))
+            db.execute(
+                "INSERT INTO saga_schema_migrations VALUES (?, ?, ?)",
+                (version, name, "2026-01-01T00:00:00+00:00"),
+            )
+
+
+async def test_sqlite_file_from_before_the_outbox_is_upgraded(tmp_path: Path) -> None:
+    """A 0001/0002 file holding a saga in flight gains the outbox on opening; the saga
+    recovers, and the events of its transitions from then on are published."""
+    old = tmp_path / "old.db"
+    _old_database(old)
+    # A saga stopped mid-step, its row as an older version would have written it.
+    scratch = tmp_path / "scratch.db"
+    entered = anyio.Event()
+
+    async def hold(step: str, attempt: int) -> dict[str, Any]:
+        entered.set()
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async with SQLiteSagaRepository(scratch, outbox=False) as repo:
+        saga = TripSaga(TripData(), behaviour={"hotel": hold})
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(SagaOrchestrator(repo).execute, saga)
+            with anyio.fail_after(10):
+                await entered.wait()
+            tg.cancel_scope.cancel()
+    with closing(sqlite3.connect(old)) as db, db:
+        db.execute("ATTACH DATABASE ? AS scratch", (str(scratch),))
+        db.execute("INSERT INTO sagas SELECT * FROM scratch.sagas")
+
+    async with SQLiteSagaRepository(old) as repo:
+        before = await repo.get(saga.context.saga_id)
+        assert before is not None
+        assert before.status is SagaStatus.RUNNING
+        assert await repo.fetch_unsent(10) == []
+        orchestrator = SagaOrchestrator(repo)
+        orchestrator.register("trip", lambda data: TripSaga(data))
+        [result] = await orchestrator.recover()
+        assert result.status is SagaStatus.COMPLETED
+        publisher = RecordingPublisher()
+        await drain(OutboxRelay(repo, publisher))
+        after = await repo.get(saga.context.saga_id)
+        assert after is not None
+    with closing(sqlite3.connect(old)) as db:
+        versions = db.execute("SELECT version, name FROM saga_schema_migrations").fetchall()
+    assert versions == [
+        (1, "0001_initial.sql"),
+        (2, "0002_failed_index.sql"),
+        (3, "0003_outbox.sql"),
+    ]
+    sequences = [e.sequence for e in publisher.accepted]
+    assert sequences == list(range(before.event_sequence + 1, after.event_sequence + 1))
+    assert publisher.accepted[-1].type is SagaEventType.SAGA_COMPLETED
+
+
+@dataclass(frozen=True)
+class _Killed:
+    events: list[SagaEvent]
+    """What the child's listener saw before the kill."""
+    returncode: int
+
+
+def _run_and_kill(path: Path, finished: int, held: int) -> _Killed:
+    """Run sagas in a child until all are at rest, then SIGKILL it."""
+    child = subprocess.Popen(
+        [sys.executable, "-m", "tests.outbox_child", str(path), str(finished), str(held)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stderr is not None
+        line = child.stdout.readline()  # printed once every saga is at rest
+        if not line:
+            child.wait(timeout=10)
+            pytest.fail(f"child exited ({child.returncode}) early:\n{child.stderr.read()}")
+        child.send_signal(signal.SIGKILL)
+        returncode = child.wait(timeout=10)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        for stream in (child.stdout, child.stderr):
+            if stream is not None:
+                stream.close()
+    return _Killed([decode_event(text) for text in json.loads(line)], returncode)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(sys.platform == "win32", reason="needs SIGKILL")
+async def test_sqlite_events_survive_a_killed_process(tmp_path: Path) -> None:
+    """Sagas run by a process SIGKILLed before any relay ran: a relay started afterwards
+    publishes every event of every recorded transition, finished and held sagas alike."""
+    path = tmp_path / "killed.db"
+    killed = await anyio.to_thread.run_sync(_run_and_kill, path, 9, 3)
+    assert killed.returncode == -signal.SIGKILL
+
+    async with SQLiteSagaRepository(path) as repo:
+        publisher = RecordingPublisher()
+        assert await drain(OutboxRelay(repo, publisher, batch_size=10)) == len(killed.events)
+        sagas = {s.saga_id: s for s in await repo.list_sagas()}
+    assert by_saga(publisher.accepted) == by_saga(killed.events)
+    assert_in_saga_order(publisher.accepted)
+    assert len(sagas) == 12
+    assert {saga_id: own[-1].sequence for saga_id, own in by_saga(publisher.accepted).items()} == {
+        saga_id: saga.event_sequence for saga_id, saga in sagas.items()
+    }
+    statuses = Counter(saga.status for saga in sagas.values())
+    assert statuses == {
+        SagaStatus.COMPLETED: 6,
+        SagaStatus.COMPENSATED: 3,
+        SagaStatus.RUNNING: 3,
+    }
