@@ -344,7 +344,12 @@ class PostgresStorage:
     def open(self) -> SagaRepository:
         from saga_orchestrator.adapters.postgres import PostgresSagaRepository
 
-        repository = PostgresSagaRepository(self.url, schema=self.schema)
+        # Every simulated process is the same lease holder, as a restarted process with a
+        # fixed owner name is: a crashed one's leases would otherwise hold recovery back
+        # for lease_seconds. Takeover after expiry is tested in tests/test_workers.py.
+        repository = PostgresSagaRepository(
+            self.url, schema=self.schema, owner=f"property-test:{self.schema}"
+        )
         self.repositories.append(repository)
         return repository
 

@@ -19,6 +19,7 @@ __all__ = [
     "SagaDefinitionError",
     "SagaDefinitionMismatchError",
     "SagaError",
+    "SagaLeaseError",
     "SagaNotFoundError",
     "SagaStateError",
     "SerializationError",
@@ -152,3 +153,23 @@ class SagaStateError(SagaError):
 
 class UnknownSagaTypeError(SagaError, LookupError):
     """No factory is registered for a stored saga's ``saga_type``, so it cannot be rebuilt."""
+
+
+class SagaLeaseError(SagaConflictError):
+    """Another process holds this saga's lease, or this process lost it.
+
+    Raised by a repository with leases (PostgreSQL) when a write is refused because the saga
+    is leased to someone else: either a live process holds it, or this process's lease
+    expired and another took the saga over. The process that gets it stops driving the saga
+    without side effects of its own; the lease holder carries on. A step that was running
+    when the lease was lost is cancelled first, so it never runs in two places at once.
+
+    Args:
+        saga_id: the saga.
+        message: who holds the lease, or how it was lost.
+    """
+
+    def __init__(self, saga_id: UUID, message: str) -> None:
+        SagaError.__init__(self, message, saga_id=saga_id)
+        self.expected_version = -1
+        """Not a version mismatch: always -1."""
