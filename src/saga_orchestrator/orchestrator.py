@@ -6,6 +6,8 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -18,6 +20,7 @@ from .errors import (
     InvalidStepResultError,
     SagaAlreadyExistsError,
     SagaConflictError,
+    SagaLeaseError,
     SagaNotFoundError,
     SagaStateError,
     SerializationError,
@@ -66,6 +69,22 @@ class _Failure:
     text: str
     retryable: bool
     effect_possible: bool
+
+
+@dataclass(slots=True, frozen=True)
+class _DriveControl:
+    """How a worker drives a claimed saga: waits longer than ``park_after_seconds`` (and any
+    wait once ``stopping()``) hand the saga back instead of sleeping with its lease."""
+
+    park_after_seconds: float
+    stopping: Callable[[], bool]
+
+
+class _Parked(Exception):
+    """The saga waits for a stored time; a worker releases it for any worker to resume."""
+
+
+_control: ContextVar[_DriveControl | None] = ContextVar("saga_orchestrator_drive", default=None)
 
 
 def _describe(error: BaseException) -> str:
@@ -141,6 +160,10 @@ class SagaOrchestrator:
         self.recovery_concurrency = recovery_concurrency
         """How many sagas ``recover`` resumes at once."""
         self._repository_stores_events = bool(getattr(repository, "stores_events", False))
+        # A repository with leases (PostgreSQL) cancels a step before its lease can expire.
+        self._lease_guard: Callable[[UUID], AbstractContextManager[None]] | None = getattr(
+            repository, "lease_guard", None
+        )
 
     # ------------------------------------------------------------------ public API
 
@@ -148,14 +171,24 @@ class SagaOrchestrator:
         """Shortcut for ``orchestrator.registry.register``: how to rebuild ``saga_type``."""
         self.registry.register(saga_type, factory)
 
-    async def execute(self, saga: BaseSaga[T]) -> SagaResult[T]:
+    async def execute(self, saga: BaseSaga[T], *, on_workers: bool = False) -> SagaResult[T]:
         """Run ``saga`` to a terminal status and return its result.
 
         If a saga with the same ``saga_id`` is already stored, it is resumed from its stored
-        state (or its stored result returned), never started twice.
+        state (or its stored result returned), never started twice. With
+        ``on_workers=True`` the saga is submitted (``submit``) and run by a
+        [`SagaWorker`][saga_orchestrator.worker.SagaWorker], and this call waits for its
+        result (``wait``); ``saga.context`` is then the stored final state.
         """
         context = saga.context
         context._saga = saga
+        if on_workers:
+            saga_id = await self.submit(saga)
+            result: SagaResult[T] = await self.wait(saga_id)
+            stored = await self.repository.get(saga_id)
+            if stored is not None:
+                saga.attach(stored)
+            return result
         if context.version == 0:
             try:
                 await self._start(context)
@@ -167,6 +200,49 @@ class SagaOrchestrator:
                 context = stored
                 self._reconcile_interrupted(context)
         return await self._drive(context)
+
+    async def submit(self, saga: BaseSaga[Any]) -> UUID:
+        """Store ``saga`` for [`SagaWorker`][saga_orchestrator.worker.SagaWorker]s to run,
+        and return its id without running it.
+
+        Needs a repository that workers claim from
+        ([`PostgresSagaRepository`][saga_orchestrator.adapters.postgres.PostgresSagaRepository]);
+        waiting workers are notified at once. Submitting a saga whose id is stored already
+        stores nothing and returns the id. Bad input raises here, and nothing is stored.
+        """
+        if not callable(getattr(self.repository, "claim", None)):
+            raise TypeError(
+                f"{type(self.repository).__name__} has no workers to submit to; use execute(),"
+                " or a repository that workers claim from (PostgresSagaRepository)"
+            )
+        context = saga.context
+        context._saga = saga
+        if context.version == 0:
+            try:
+                await self._start(context, lease=False)
+            except SagaAlreadyExistsError:
+                pass
+        return context.saga_id
+
+    async def wait(
+        self, saga_id: UUID, *, timeout_seconds: float | None = None, poll_seconds: float = 1.0
+    ) -> SagaResult[Any]:
+        """Wait until the stored saga is terminal (run by any process) and return its result.
+
+        Woken by the repository's notifications where it has them (PostgreSQL LISTEN/NOTIFY),
+        and polls every ``poll_seconds`` in any case. Raises ``TimeoutError`` after
+        ``timeout_seconds``, ``SagaNotFoundError`` if no such saga is stored.
+        """
+        notified = getattr(self.repository, "wait_for_terminal", None)
+        with anyio.fail_after(timeout_seconds) if timeout_seconds is not None else nullcontext():
+            while True:
+                context = await self._load(saga_id)
+                if context.is_terminal:
+                    return SagaResult.from_context(context)
+                if notified is not None:
+                    await notified(saga_id, poll_seconds)
+                else:
+                    await anyio.sleep(poll_seconds)
 
     async def recover(self) -> list[SagaResult[Any]]:
         """Resume every stored saga that is not terminal, from exactly where it stopped.
@@ -324,7 +400,7 @@ class SagaOrchestrator:
         self.registry.rebuild(context)
         return context
 
-    async def _start(self, context: SagaContext[Any]) -> None:
+    async def _start(self, context: SagaContext[Any], *, lease: bool = True) -> None:
         now = self.clock.now()
         saga = _saga_of(context)
         as_built = (context.created_at, context.updated_at, context.steps[0].copy())
@@ -336,9 +412,10 @@ class SagaOrchestrator:
         context.current_step_index = 0
         pending = _Pending()
         pending.add(SagaEventType.SAGA_STARTED)
-        self._begin_attempt(context, 0, pending, now)
+        if lease:
+            self._begin_attempt(context, 0, pending, now)
         try:
-            await self._commit(context, pending)
+            await self._commit(context, pending, lease=lease)
         except SerializationError:
             # Bad input: nothing was written, and the saga is left as it was built.
             context.status = SagaStatus.PENDING
@@ -364,6 +441,20 @@ class SagaOrchestrator:
             )
             state.next_attempt_at = self.clock.now()  # due at once, as the next attempt
 
+    async def _run_claimed(
+        self, context: SagaContext[Any], control: _DriveControl
+    ) -> SagaResult[Any] | None:
+        """Drive a saga a worker claimed; None if it was parked (handed back) on a wait."""
+        self.registry.rebuild(context)
+        self._reconcile_interrupted(context)
+        token = _control.set(control)
+        try:
+            return await self._drive(context)
+        except _Parked:
+            return None
+        finally:
+            _control.reset(token)
+
     async def _drive(self, context: SagaContext[Any]) -> SagaResult[Any]:
         while context.status is SagaStatus.RUNNING:
             await self._advance_forward(context)
@@ -380,8 +471,17 @@ class SagaOrchestrator:
         step = _saga_of(context).steps[index]
         policy = step.retry or self.default_retry
         if state.status is StepStatus.PENDING:
-            # Resumed: either a backoff was in progress or an attempt was interrupted.
-            await self._sleep_until(state.next_attempt_at)
+            # Resumed: either a backoff was in progress or an attempt was interrupted. A
+            # deadline before the next attempt ends the wait (and the step) early.
+            wake = state.next_attempt_at
+            if (
+                wake is not None
+                and context.deadline is not None
+                and context.deadline < wake
+                and not step.retriable
+            ):
+                wake = context.deadline
+            await self._sleep_until(wake)
             failure = self._check_can_attempt(context, step, state, policy)
             if failure is not None:
                 await self._fail_step(context, index, failure)
@@ -693,13 +793,19 @@ class SagaOrchestrator:
             call = _wrap(interceptor, run, call)
         policy = (step.retry or self.default_retry) if phase is Phase.ACTION else None
         token = _current.set(run)
+        guard = (
+            self._lease_guard(context.saga_id) if self._lease_guard is not None else nullcontext()
+        )
         started = time.perf_counter()
         try:
-            if timeout is None:
-                await call()
-            else:
-                with anyio.fail_after(max(timeout, 0.0)):
+            with guard:  # raises SagaLeaseError if the lease runs out first
+                if timeout is None:
                     await call()
+                else:
+                    with anyio.fail_after(max(timeout, 0.0)):
+                        await call()
+        except SagaLeaseError:
+            raise
         except Exception as exc:
             seconds = time.perf_counter() - started
             retryable = policy.should_retry(exc) if policy is not None else True
@@ -789,7 +895,9 @@ class SagaOrchestrator:
 
     # ------------------------------------------------------------------ recording
 
-    async def _commit(self, context: SagaContext[Any], pending: _Pending) -> None:
+    async def _commit(
+        self, context: SagaContext[Any], pending: _Pending, *, lease: bool = True
+    ) -> None:
         now = self.clock.now()
         context.updated_at = now
         expected = context.version
@@ -818,7 +926,10 @@ class SagaOrchestrator:
         context.event_sequence = first_sequence + len(pending.items)
         try:
             state = encode_context(context)
-            if expected == 0:
+            if expected == 0 and not lease:
+                create: Any = self.repository.create  # a repository with leases
+                await create(context, state, events, lease=False)
+            elif expected == 0:
                 await self.repository.create(context, state, events)
             else:
                 await self.repository.update(
@@ -858,6 +969,9 @@ class SagaOrchestrator:
             return
         delay = (when - self.clock.now()).total_seconds()
         if delay > 0 and math.isfinite(delay):
+            control = _control.get()
+            if control is not None and (delay > control.park_after_seconds or control.stopping()):
+                raise _Parked  # the wait is stored (run_after): any worker resumes it
             await self.clock.sleep(delay)
 
 
