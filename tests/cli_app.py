@@ -139,3 +139,15 @@ async def orchestrator(db: str | None) -> AsyncIterator[SagaOrchestrator]:
 def not_a_context_manager(db: str | None) -> str | None:
     """A wrong --app: returns its argument instead of an async context manager."""
     return db
+
+
+@asynccontextmanager
+async def postgres_orchestrator(db: str | None) -> AsyncIterator[SagaOrchestrator]:
+    """What `--app tests.cli_app:postgres_orchestrator --db URL#SCHEMA` names (workers)."""
+    from saga_orchestrator.adapters.postgres import PostgresSagaRepository
+
+    if db is None or "#" not in db:
+        raise ValueError("the test app needs --db POSTGRES_URL#SCHEMA")
+    url, _, schema = db.partition("#")
+    async with PostgresSagaRepository(url, schema=schema, lease_seconds=5) as repository:
+        yield build(repository)

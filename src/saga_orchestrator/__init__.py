@@ -25,15 +25,25 @@ from .errors import (
     SagaConflictError,
     SagaDefinitionError,
     SagaError,
+    SagaLeaseError,
     SerializationError,
 )
 from .events import SagaEvent, SagaEventType
 from .orchestrator import SagaOrchestrator
-from .protocols import Clock, EventPublisher, IdempotencyStore, SagaListener, SagaRepository
+from .outbox import OutboxRelay
+from .protocols import (
+    Clock,
+    EventPublisher,
+    IdempotencyStore,
+    OutboxSource,
+    SagaListener,
+    SagaRepository,
+)
 from .registry import SagaRegistry
 from .retry import RetryPolicy
 from .runtime import Phase, StepRun, current_step
 from .state import SagaContext, SagaResult, SagaStatus, StepState, StepStatus
+from .worker import SagaWorker
 
 # A library never configures logging; this only keeps Python's last-resort handler quiet.
 logging.getLogger("saga_orchestrator").addHandler(logging.NullHandler())
@@ -52,6 +62,8 @@ __all__ = [
     "InMemoryIdempotencyStore",
     "InMemorySagaRepository",
     "NonRetryableError",
+    "OutboxRelay",
+    "OutboxSource",
     "Phase",
     "RetryPolicy",
     "RetryableError",
@@ -64,6 +76,7 @@ __all__ = [
     "SagaError",
     "SagaEvent",
     "SagaEventType",
+    "SagaLeaseError",
     "SagaListener",
     "SagaOrchestrator",
     "SagaRegistry",
@@ -71,6 +84,7 @@ __all__ = [
     "SagaResult",
     "SagaStatus",
     "SagaStep",
+    "SagaWorker",
     "SerializationError",
     "StepRun",
     "StepState",

@@ -29,6 +29,7 @@ __all__ = [
     "run_recover",
     "run_retry",
     "run_show",
+    "run_worker",
     "source",
 ]
 
@@ -225,3 +226,40 @@ def _outcome(result: SagaResult[Any], failure: str) -> int:
     if result.status is SagaStatus.COMPENSATED:
         return EXIT_OK
     raise Failed(f"{failure}: saga {result.saga_id} is {result.status.value}: {result.error}")
+
+
+async def run_worker(orchestrator: SagaOrchestrator, args: argparse.Namespace) -> int:
+    """Claim and run sagas until SIGTERM or SIGINT, then hand back what is left."""
+    from ..worker import SagaWorker
+
+    if args.app is None:
+        raise UsageError(
+            "worker needs --app MODULE:CALLABLE yielding an orchestrator on a repository with "
+            "leases (PostgresSagaRepository) and its saga types registered"
+        )
+    try:
+        worker = SagaWorker(
+            orchestrator,
+            concurrency=args.concurrency,
+            poll_interval_seconds=args.poll_interval,
+            park_after_seconds=args.park_after,
+            shutdown_grace_seconds=args.grace,
+        )
+    except TypeError as exc:
+        raise UsageError(f"--app {args.app}: {exc}") from None
+    if not orchestrator.registry.saga_types:
+        raise UsageError(f"--app {args.app}: the orchestrator has no saga type registered")
+    print(
+        f"worker {getattr(orchestrator.repository, 'owner', '?')}: running "
+        f"{', '.join(sorted(orchestrator.registry.saga_types))} with {args.concurrency} at "
+        "once; SIGTERM or Ctrl-C stops it",
+        file=sys.stderr,
+        flush=True,
+    )
+    await worker.run_until_signalled()
+    print(
+        f"worker stopped: {worker.claimed} claimed, {worker.finished} finished, "
+        f"{worker.parked} parked, {worker.lost} lost, {worker.handed_back} handed back",
+        file=sys.stderr,
+    )
+    return EXIT_OK

@@ -61,6 +61,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
+    return value
+
+
 def _app_spec(text: str) -> str:
     module, _, attribute = text.partition(":")
     if not module or not attribute:
@@ -78,7 +88,7 @@ def _add_common(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
         "--db",
         metavar="PATH",
         default=default,
-        help="SQLite file holding the sagas (passed to the --app callable when both are given)",
+        help="SQLite file holding the sagas; with --app, passed to its callable (which may take a PostgreSQL URL instead)",
     )
     group.add_argument(
         "--app",
@@ -183,4 +193,38 @@ def build_parser() -> argparse.ArgumentParser:
         "Needs --app.",
     )
     recover.set_defaults(handler=commands.run_recover)
+
+    worker = command(
+        "worker",
+        "run stored sagas until SIGTERM (PostgreSQL)",
+        "Claim runnable sagas (submitted ones, and those whose process died) and run them, "
+        "each in one worker at a time, until SIGTERM or SIGINT; then let running steps finish "
+        "for the grace period and hand back the rest. Needs --app yielding an orchestrator on "
+        "PostgresSagaRepository with its saga types registered.",
+    )
+    worker.add_argument(
+        "--concurrency", type=_positive_int, default=16, metavar="N", help="sagas run at once"
+    )
+    worker.add_argument(
+        "--poll-interval",
+        type=_seconds,
+        default=1.0,
+        metavar="SECONDS",
+        help="look for work this often when no notification arrives",
+    )
+    worker.add_argument(
+        "--park-after",
+        type=_seconds,
+        default=1.0,
+        metavar="SECONDS",
+        help="hand back a saga that must wait longer than this (retry backoff)",
+    )
+    worker.add_argument(
+        "--grace",
+        type=_seconds,
+        default=30.0,
+        metavar="SECONDS",
+        help="after SIGTERM, how long running steps may take to finish",
+    )
+    worker.set_defaults(handler=commands.run_worker)
     return parser
