@@ -40,11 +40,12 @@ from saga_orchestrator import (
     SagaStatus,
     SQLiteSagaRepository,
 )
-from saga_orchestrator.events import decode_event
+from saga_orchestrator.events import decode_event, encode_event
 from saga_orchestrator.outbox import OutboxRelay
 from saga_orchestrator.protocols import OutboxSource, SagaRepository
 from saga_orchestrator.serialization import encode_context
 from saga_orchestrator.testing import ManualClock
+from tests.conftest import PostgresSchema
 from tests.sagas import TripData, TripSaga, always, fail_on
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,15 +60,22 @@ class OutboxRepository(SagaRepository, OutboxSource, Protocol):
     async def purge_sent_before(self, cutoff: datetime) -> int: ...
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", "postgres"])
 def backend(request: pytest.FixtureRequest) -> str:
     """The storage adapters with an outbox (this overrides conftest's, which adds memory)."""
     return str(request.param)
 
 
 @pytest.fixture
-async def outbox_repository(backend: str, tmp_path: Path) -> AsyncIterator[OutboxRepository]:
+async def outbox_repository(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[OutboxRepository]:
     """A fresh, open repository with its outbox on, of the parametrized kind."""
+    if backend == "postgres":
+        schema: PostgresSchema = request.getfixturevalue("postgres_schema")
+        async with schema.repository() as repository:
+            yield repository
+        return
     async with SQLiteSagaRepository(tmp_path / "outbox.db") as repository:
         yield repository
 
@@ -655,3 +663,65 @@ async def test_sqlite_events_survive_a_killed_process(tmp_path: Path) -> None:
         SagaStatus.COMPENSATED: 3,
         SagaStatus.RUNNING: 3,
     }
+
+
+# ---------------------------------------------------------------------------- PostgreSQL
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_postgres_relay_does_not_skip_an_event_committed_out_of_id_order(
+    postgres_schema: PostgresSchema, anyio_backend: str
+) -> None:
+    """A transaction that took a lower outbox id but commits after a higher one: the relay
+    publishes the later-committed event too (it reads unsent rows, not past a high-water
+    mark)."""
+    import psycopg
+    from psycopg import sql
+
+    async with postgres_schema.repository() as repository:
+        late = SagaEvent(
+            type=SagaEventType.SAGA_STARTED,
+            saga_id=uuid4(),
+            saga_type="late",
+            sequence=1,
+            occurred_at=datetime.now(UTC),
+        )
+        async with await psycopg.AsyncConnection.connect(postgres_schema.url) as slow:
+            # Takes an id now, commits at the end.
+            await slow.execute(
+                sql.SQL("INSERT INTO {} (saga_id, sequence, event) VALUES (%s, 1, %s)").format(
+                    sql.Identifier(postgres_schema.name, "saga_outbox")
+                ),
+                (late.saga_id, encode_event(late)),
+            )
+            emitted = await run_sagas(repository, count=3)
+            publisher = RecordingPublisher()
+            relay = OutboxRelay(repository, publisher)
+            assert await drain(relay) == len(emitted)
+            await slow.commit()
+        assert await drain(relay) == 1
+        assert publisher.accepted[-1] == late
+        ids = postgres_schema.query("SELECT id FROM saga_outbox ORDER BY id")
+        assert ids[0][0] < ids[1][0]  # the late event's id is the lowest
+        assert postgres_schema.query("SELECT count(*) FROM saga_outbox WHERE sent_at IS NULL") == [
+            (0,)
+        ]
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_postgres_only_one_relay_reads_at_a_time(
+    postgres_schema: PostgresSchema, anyio_backend: str
+) -> None:
+    """Two processes' relays on one database: one holds the outbox lock and publishes, the
+    other reads nothing (so each saga's order holds); when the first goes, the second takes
+    over."""
+    async with postgres_schema.repository() as first:
+        emitted = await run_sagas(first, count=2)
+        second = postgres_schema.repository()
+        try:
+            assert len(await first.fetch_unsent(1000)) == len(emitted)
+            assert await second.fetch_unsent(1000) == []
+            await first.close()  # its connection, and so its lock, goes
+            assert len(await second.fetch_unsent(1000)) == len(emitted)
+        finally:
+            await second.close()
