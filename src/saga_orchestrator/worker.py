@@ -102,6 +102,7 @@ class SagaWorker:
         self.orchestrator = orchestrator
         """Drives the claimed sagas."""
         self.repository: _LeasingRepository = repository  # type: ignore[assignment]
+        """The orchestrator's repository, which workers claim sagas from."""
         self.concurrency = concurrency
         """Sagas driven at once."""
         self.poll_interval_seconds = poll_interval_seconds
