@@ -74,6 +74,7 @@ COVERED = {
     "howto_operating_methods.py": "test_script_prints_what_the_page_shows",
     "howto_storage_processes.py": "test_script_prints_what_the_page_shows",
     "howto_upgrading.py": "test_script_prints_what_the_page_shows",
+    "howto_workers.py": "test_workers_script_prints_what_the_page_shows",
     "howto_testing_saga.py": "test_testing_guide_tests_pass",
     "howto_testing_test.py": "test_testing_guide_tests_pass",
     "howto_testing_asyncio.py": "test_testing_guide_tests_pass",
@@ -107,6 +108,14 @@ def test_script_prints_what_the_page_shows(snippet: str, tmp_path: Path) -> None
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     assert normalize(result.stdout, *extra) == normalize(shown(snippet), *extra)
+
+
+def test_workers_script_prints_what_the_page_shows(postgres_url: str, tmp_path: Path) -> None:
+    """Two worker processes on PostgreSQL run the submitted sagas and stop on SIGTERM."""
+    result = python("howto_workers.py", postgres_url, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert normalize(result.stdout) == normalize(shown("howto_workers.py"))
 
 
 def test_testing_guide_tests_pass(tmp_path: Path) -> None:
