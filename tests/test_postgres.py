@@ -420,3 +420,33 @@ async def test_active_sagas_are_counted_from_the_partial_index(
     text = "\n".join(row[0] for row in plan)
     # Either partial index over the sagas in flight (both have the same predicate).
     assert "sagas_active" in text or "sagas_runnable" in text, text
+
+
+async def test_a_cancelled_execute_hands_its_lease_back_at_once(
+    postgres_schema: PostgresSchema,
+) -> None:
+    """A caller that gives up on execute() (a request timeout) cancels the step; the lease
+    is released at once, so a worker resumes the saga without waiting for it to expire."""
+    entered = asyncio.Event()
+
+    async def hang(step: str, attempt: int) -> dict[str, Any] | None:
+        entered.set()
+        await asyncio.Event().wait()
+        return None
+
+    async with postgres_schema.repository(lease_seconds=300) as repo:
+        saga = TripSaga(TripData(), behaviour={"hotel": hang})
+        task = asyncio.ensure_future(SagaOrchestrator(repo).execute(saga))
+        await entered.wait()
+        assert repo.held_leases == {saga.context.saga_id: 1}
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert repo.held_leases == {}
+        assert postgres_schema.query(
+            "SELECT lease_owner, status FROM sagas WHERE saga_id = %s", (saga.context.saga_id,)
+        ) == [(None, "running")]
+        async with postgres_schema.repository() as other:
+            claimed = await other.claim(10)
+            assert [c.saga_id for c in claimed] == [saga.context.saga_id]
+            await other.release(saga.context.saga_id)

@@ -456,11 +456,27 @@ class SagaOrchestrator:
             _control.reset(token)
 
     async def _drive(self, context: SagaContext[Any]) -> SagaResult[Any]:
-        while context.status is SagaStatus.RUNNING:
-            await self._advance_forward(context)
-        while context.status is SagaStatus.COMPENSATING:
-            await self._advance_compensation(context)
+        try:
+            while context.status is SagaStatus.RUNNING:
+                await self._advance_forward(context)
+            while context.status is SagaStatus.COMPENSATING:
+                await self._advance_compensation(context)
+        except BaseException:
+            # Stopped before the end (cancelled, parked, an error): a lease this process
+            # holds is handed back now, not left to heartbeats that would keep it forever.
+            await self._release(context.saga_id)
+            raise
         return SagaResult.from_context(context)
+
+    async def _release(self, saga_id: UUID) -> None:
+        release = getattr(self.repository, "release", None)
+        if release is None:
+            return
+        with anyio.move_on_after(5, shield=True):
+            try:
+                await release(saga_id)
+            except Exception as exc:  # the lease expires on its own
+                logger.warning("saga.lease.release_failed: saga %s: %s", saga_id, exc)
 
     # ------------------------------------------------------------------ forward
 
