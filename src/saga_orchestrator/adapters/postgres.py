@@ -437,12 +437,17 @@ def _run_after(context: SagaContext[Any]) -> datetime | None:
     """The saga's durable timer: when a worker should next pick it up (None: now)."""
     if context.is_terminal or not 0 <= context.current_step_index < len(context.steps):
         return None
-    when = context.steps[context.current_step_index].next_attempt_at
+    index = context.current_step_index
+    when = context.steps[index].next_attempt_at
+    saga = context._saga
     if (
         when is not None
         and context.status is SagaStatus.RUNNING
         and context.deadline is not None
         and context.deadline < when
+        # A step after the pivot is retried past the deadline: its next attempt is the timer
+        # (waking at the deadline would only find it waiting, over and over).
+        and not (saga is not None and saga.steps[index].retriable)
     ):
         return context.deadline  # the deadline fails the step before its next attempt
     return when
