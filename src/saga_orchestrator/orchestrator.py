@@ -74,10 +74,18 @@ class _Failure:
 @dataclass(slots=True, frozen=True)
 class _DriveControl:
     """How a worker drives a claimed saga: waits longer than ``park_after_seconds`` (and any
-    wait once ``stopping()``) hand the saga back instead of sleeping with its lease."""
+    wait once ``stopping()``) hand the saga back instead of sleeping with its lease. Once
+    stopping, a wait under way ends as soon as ``stopped()`` returns, and no new step starts:
+    the saga is handed back."""
 
     park_after_seconds: float
     stopping: Callable[[], bool]
+    stopped: Callable[[], Awaitable[None]] | None = None
+
+
+def _stopping() -> bool:
+    control = _control.get()
+    return control is not None and control.stopping()
 
 
 class _Parked(Exception):
@@ -502,6 +510,8 @@ class SagaOrchestrator:
             if failure is not None:
                 await self._fail_step(context, index, failure)
                 return
+            if _stopping():
+                raise _Parked  # a stopping worker starts no step: any worker resumes it
             pending = _Pending()
             self._begin_attempt(context, index, pending, self.clock.now())
             await self._commit(context, pending)
@@ -584,6 +594,8 @@ class SagaOrchestrator:
                     f"{step.name}: saga deadline {context.deadline.isoformat()} exceeded",
                     pending,
                 )
+            elif _stopping():
+                context.current_step_index = nxt  # not begun: handed back to start it later
             else:
                 self._begin_attempt(context, nxt, pending, now)
         await self._commit(context, pending)
@@ -988,7 +1000,24 @@ class SagaOrchestrator:
             control = _control.get()
             if control is not None and (delay > control.park_after_seconds or control.stopping()):
                 raise _Parked  # the wait is stored (run_after): any worker resumes it
-            await self.clock.sleep(delay)
+            if control is None or control.stopped is None:
+                await self.clock.sleep(delay)
+                return
+            stopped = control.stopped
+            parked = False
+            async with anyio.create_task_group() as tg:
+
+                async def park_on_stop() -> None:
+                    nonlocal parked
+                    await stopped()
+                    parked = True
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(park_on_stop)
+                await self.clock.sleep(delay)
+                tg.cancel_scope.cancel()
+            if parked:
+                raise _Parked  # the worker is stopping: the stored wait is handed back
 
 
 def _log_event(event: SagaEvent) -> None:

@@ -126,6 +126,7 @@ class SagaWorker:
         self.handed_back = 0
         """Sagas released at shutdown, their running step cancelled."""
         self._stopping = False
+        self._stopped = anyio.Event()
         self._wakeup = anyio.Event()
         self._started = anyio.Event()
 
@@ -146,6 +147,7 @@ class SagaWorker:
                 extra={"event": "saga.worker.stopping"},
             )
         self._stopping = True
+        self._stopped.set()
         self._wakeup.set()
 
     async def started(self) -> None:
@@ -169,7 +171,7 @@ class SagaWorker:
     async def run(self) -> None:
         """Claim and drive sagas until ``stop()``; then shut down gracefully and return."""
         saga_types = sorted(self.orchestrator.registry.saga_types)
-        control = _DriveControl(self.park_after_seconds, lambda: self._stopping)
+        control = _DriveControl(self.park_after_seconds, lambda: self._stopping, self._stopped.wait)
         async with anyio.create_task_group() as services:
             if self.relay is not None:
                 services.start_soon(self.relay.run)
