@@ -99,6 +99,8 @@ class SagaWorker:
             )
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
+        if not poll_interval_seconds > 0:  # 0 would claim and listen in a busy loop
+            raise ValueError("poll_interval_seconds must be > 0")
         self.orchestrator = orchestrator
         """Drives the claimed sagas."""
         self.repository: _LeasingRepository = repository  # type: ignore[assignment]
