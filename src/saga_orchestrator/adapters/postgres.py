@@ -26,8 +26,8 @@ import logging
 import math
 import os
 import socket
-from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import resources
@@ -185,9 +185,6 @@ class _Database:
                     max_size=self.max_size,
                     timeout=self.timeout_seconds,
                     kwargs={"autocommit": True},
-                    # A connection the server dropped (restart, pg_terminate_backend) is
-                    # found out before it is handed over, not by the next statement.
-                    check=AsyncConnectionPool.check_connection,
                     open=False,
                 )
                 try:
@@ -201,6 +198,28 @@ class _Database:
                 self._pool = pool
         return self._pool
 
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[_Connection]:
+        """A pooled connection that has just answered a round trip.
+
+        One the server dropped (a restart, ``pg_terminate_backend``) is found out here, not
+        by the next statement: it goes back to the pool, which discards it and opens another,
+        and the next one is tried at once. (The pool's own ``check`` waits 1 s, then 2, 4...
+        after each dead connection, so a pool whose idle connections had all been dropped
+        stalled for tens of seconds, past its timeout.)
+        """
+        pool = await self.pool()
+        for attempt in range(self.max_size + 1):
+            async with pool.connection() as connection:
+                try:
+                    await connection.execute("")
+                except psycopg.OperationalError:
+                    if attempt == self.max_size:
+                        raise
+                    continue
+                yield connection
+                return
+
     async def migrate(self) -> list[str]:
         pool = await self.pool(migrating=False)
         async with pool.connection() as connection:
@@ -211,8 +230,7 @@ class _Database:
         attempt = 0
         while True:
             try:
-                pool = await self.pool()
-                async with pool.connection() as connection:
+                async with self.connection() as connection:
                     return await fn(connection)
             except psycopg.OperationalError as exc:
                 attempt += 1
@@ -285,8 +303,7 @@ class _Database:
         while pending:
             committing = False
             try:
-                pool = await self.pool()
-                async with pool.connection() as connection:
+                async with self.connection() as connection:
                     if in_doubt:
                         pending = await self._drop_committed(connection, pending)
                         in_doubt = False
