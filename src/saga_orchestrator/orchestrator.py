@@ -701,8 +701,10 @@ class SagaOrchestrator:
                 return
             state.compensation_attempts += 1
             await self._commit(context, pending)
-        # A compensation and the write recording it are not abandoned half-way.
-        with anyio.CancelScope(shield=True):
+        # A compensation and the write recording it are not abandoned half-way, except by a
+        # worker's shutdown after its grace period: the attempt then counts as interrupted
+        # and another worker runs it again, as after a crash.
+        with anyio.CancelScope(shield=_control.get() is None):
             assert step.compensation is not None
             called = await self._call_guarded(
                 context, step, Phase.COMPENSATION, state.compensation_attempts, step.compensation
