@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Protocol, Self
 from uuid import UUID, uuid4
 
 from saga_orchestrator import (
@@ -24,7 +24,7 @@ from saga_orchestrator import (
     SagaStatus,
     SQLiteSagaRepository,
 )
-from saga_orchestrator.protocols import StepInterceptor
+from saga_orchestrator.protocols import SagaRepository, SagaStatusCounter, StepInterceptor
 
 from .db import ShopDatabase
 from .domain import OrderData, OrderItem, ShippingAddress
@@ -63,7 +63,7 @@ class OrderLine:
 
 
 class Shop:
-    """Services, saga store and orchestrator on one SQLite file, opened with `async with`."""
+    """Services, saga store (unless `repository` is given) and orchestrator on one SQLite file."""
 
     def __init__(
         self,
@@ -75,24 +75,24 @@ class Shop:
         compensation_retry: RetryPolicy | None = None,
         listeners: Iterable[SagaListener] = (),
         interceptors: Iterable[StepInterceptor] = (),
+        repository: OpenableSagaRepository | None = None,
     ) -> None:
         self.db_path = Path(db_path)
         self.faults = Faults(faults)
         self.db = ShopDatabase(self.db_path)
-        self.repository = SQLiteSagaRepository(self.db_path)
+        self.repository = repository if repository is not None else SQLiteSagaRepository(db_path)
         self.inventory = SQLiteInventory(self.db, self.faults)
         self.payments = SQLitePayments(self.db, self.faults)
         self.shipping = SQLiteShipping(
             self.db, self.faults, dispatch_delay_seconds=dispatch_delay_seconds
         )
         self.notifications = SQLiteNotifications(self.db, self.faults)
-        options: dict[str, Any] = {}
-        if retry is not None:
-            options["retry"] = retry
-        if compensation_retry is not None:
-            options["compensation_retry"] = compensation_retry
+        options: dict[str, Any] = {"retry": retry, "compensation_retry": compensation_retry}
         self.orchestrator = SagaOrchestrator(
-            self.repository, listeners=listeners, interceptors=interceptors, **options
+            self.repository,
+            listeners=listeners,
+            interceptors=interceptors,
+            **{name: value for name, value in options.items() if value is not None},
         )
         self.orchestrator.register(OrderFulfillmentSaga.saga_type, self.saga)
 
@@ -306,3 +306,14 @@ class Shop:
         for key, count in state["confirmations"]:
             problems.append(f"notification {key} sent {count} times")
         return problems
+
+
+class OpenableSagaRepository(SagaRepository, SagaStatusCounter, Protocol):
+    """What ``Shop(..., repository=...)`` takes to hold the sagas instead of the file (a
+    ``PostgresSagaRepository``, for ``SagaWorker`` processes to run them): a repository that
+    counts by status, for the metrics, and that the shop opens and closes with itself. The
+    SQLite and PostgreSQL repositories are such."""
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
