@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from multiprocessing.context import ForkServerContext, ForkServerProcess
+from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -120,7 +121,7 @@ class WorkerPool:
         self.folder = folder
         self.context: ForkServerContext = multiprocessing.get_context("forkserver")
         self.context.set_forkserver_preload(["tests.chaos.worker"])
-        self.slots: dict[int, tuple[ForkServerProcess, str]] = {}
+        self.slots: dict[int, tuple[ForkServerProcess, str, Event]] = {}
         self.generation = 0
         self.kills = 0
         self.crashed: list[str] = []
@@ -144,11 +145,12 @@ class WorkerPool:
             "INSERT INTO chaos_workers (owner, started_at) VALUES (%s, clock_timestamp())",
             (owner,),
         )
+        ready = self.context.Event()
         process = self.context.Process(
-            target=worker.main, args=(self._config(owner),), name=owner, daemon=False
+            target=worker.main, args=(self._config(owner), ready), name=owner, daemon=False
         )
         await asyncio.to_thread(process.start)
-        self.slots[slot] = (process, owner)
+        self.slots[slot] = (process, owner, ready)
 
     async def _ended(self, owner: str, how: str) -> None:
         # The process is reaped: its death happened before this timestamp.
@@ -158,7 +160,7 @@ class WorkerPool:
         )
 
     async def kill(self, slot: int) -> None:
-        process, owner = self.slots.pop(slot)
+        process, owner, _ = self.slots.pop(slot)
         if process.exitcode is not None:  # it died on its own: a bug, not chaos
             self.crashed.append(f"{owner} exited by itself with code {process.exitcode}")
             await self._ended(owner, f"exited {process.exitcode}")
@@ -171,9 +173,12 @@ class WorkerPool:
     async def stop_all(self) -> None:
         stopping = list(self.slots.values())
         self.slots.clear()
-        for process, _ in stopping:
+        for process, owner, ready in stopping:
+            # A worker just started may not handle SIGTERM yet: wait until it does.
+            if process.exitcode is None and not await asyncio.to_thread(ready.wait, 60):
+                self.crashed.append(f"{owner} was not ready within 60 s")
             process.terminate()
-        for process, owner in stopping:
+        for process, owner, _ in stopping:
             await asyncio.to_thread(process.join, 60)
             if process.exitcode is None:
                 self.crashed.append(f"{owner} did not stop within 60 s of SIGTERM")
@@ -188,7 +193,7 @@ class WorkerPool:
 
     def kill_all_now(self) -> None:
         """Cleanup after a failure: no process outlives the test."""
-        for process, _ in self.slots.values():
+        for process, _, _ in self.slots.values():
             if process.exitcode is None:
                 process.kill()
                 process.join()

@@ -13,7 +13,8 @@ imports), SIGKILLs them at random and starts new ones. Each one:
   SIGKILL has no end; the controller counts it as running until the process's death;
 - counts each charge that found the payment already made (a retried or taken-over charge
   that the idempotency key kept from charging twice) in the services file;
-- runs ``SagaWorker.run_until_signalled`` until SIGTERM, then writes its counters as JSON.
+- runs a ``SagaWorker`` until SIGTERM (it tells the controller when SIGTERM stops it
+  cleanly), then writes its counters as JSON.
 
 Its PostgreSQL connections carry ``application_name = chaos-target-<owner>`` so the controller
 can ``pg_terminate_backend`` them; the attempt recorder's connections are named apart
@@ -28,12 +29,13 @@ import dataclasses
 import json
 import logging
 import random
+import signal
 import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from uuid import UUID, uuid4
 
 import anyio
@@ -103,6 +105,12 @@ COMPENSATION_RETRY = RetryPolicy(
 )
 """Compensations: far more attempts than transient faults and kills can use up, so that no
 saga ends FAILED (the test asserts none does)."""
+
+
+class EventLike(Protocol):
+    """A ``multiprocessing`` event, as far as the worker uses it."""
+
+    def set(self) -> None: ...
 
 
 class AttemptRecorder:
@@ -215,8 +223,9 @@ class CountingPayments(SQLitePayments):
         return await super()._call(operation, counted, compensating=compensating)
 
 
-async def serve(config: WorkerConfig) -> dict[str, Any]:
-    """Run the worker until SIGTERM; return its counters."""
+async def serve(config: WorkerConfig, ready: EventLike) -> dict[str, Any]:
+    """Run the worker until SIGTERM (``ready`` is set once that stops it cleanly); return
+    its counters."""
     recorder = AttemptRecorder(config.url, config.schema, config.owner)
     repository = PostgresSagaRepository(
         make_conninfo(config.url, application_name=TARGET_PREFIX + config.owner),
@@ -246,7 +255,11 @@ async def serve(config: WorkerConfig) -> dict[str, Any]:
                 park_after_seconds=1.0,
                 shutdown_grace_seconds=10.0,
             )
-            await worker.run_until_signalled()
+            # SIGTERM stops the worker cleanly from here on; the controller sends it only
+            # once told so (before, it would kill the process as SIGKILL does).
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, worker.stop)
+            ready.set()
+            await worker.run()
             stats = {
                 "owner": config.owner,
                 "claimed": worker.claimed,
@@ -263,7 +276,7 @@ async def serve(config: WorkerConfig) -> dict[str, Any]:
     return stats
 
 
-def main(config: WorkerConfig) -> None:
+def main(config: WorkerConfig, ready: EventLike) -> None:
     """The process's entry point (a ``multiprocessing`` target)."""
     random.seed(config.seed)  # forked from one server: each its own retry jitter
     logging.basicConfig(
@@ -272,5 +285,5 @@ def main(config: WorkerConfig) -> None:
         format="%(asctime)s %(process)d %(levelname)s %(name)s %(message)s",
         force=True,
     )
-    stats = asyncio.run(serve(config))
+    stats = asyncio.run(serve(config, ready))
     Path(config.stats_path).write_text(json.dumps(stats), encoding="utf-8")
