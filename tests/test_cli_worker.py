@@ -85,3 +85,16 @@ async def test_worker_runs_submitted_sagas_and_stops_on_sigterm(
     assert "worker stopped: 20 claimed, 20 finished" in err
     leased = postgres_schema.query("SELECT count(*) FROM sagas WHERE lease_owner IS NOT NULL")
     assert leased == [(0,)]
+
+
+def test_worker_options_must_be_positive(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A zero or negative interval would spin or never wait: exit 2 naming the option."""
+    db = tmp_path / "sagas.db"
+    argv = ["--app", "tests.cli_app:orchestrator", "--db", str(db), "worker"]
+    for option in ("--poll-interval", "--park-after", "--grace"):
+        assert main([*argv, option, "0"]) == 2
+        err = capsys.readouterr().err
+        assert f"argument {option}: expected a number of seconds > 0, got '0'" in err
+    assert not db.exists()  # nothing was opened

@@ -245,7 +245,7 @@ async def run_worker(orchestrator: SagaOrchestrator, args: argparse.Namespace) -
             park_after_seconds=args.park_after,
             shutdown_grace_seconds=args.grace,
         )
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise UsageError(f"--app {args.app}: {exc}") from None
     if not orchestrator.registry.saga_types:
         raise UsageError(f"--app {args.app}: the orchestrator has no saga type registered")

@@ -66,8 +66,8 @@ def _seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         value = -1.0
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
     return value
 
 
@@ -88,7 +88,8 @@ def _add_common(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
         "--db",
         metavar="PATH",
         default=default,
-        help="SQLite file holding the sagas; with --app, passed to its callable (which may take a PostgreSQL URL instead)",
+        help="SQLite file holding the sagas; with --app, passed to its callable (which may "
+        "take a PostgreSQL URL instead)",
     )
     group.add_argument(
         "--app",
