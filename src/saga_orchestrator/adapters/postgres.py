@@ -200,25 +200,26 @@ class _Database:
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[_Connection]:
-        """A pooled connection that has just answered a round trip.
-
-        One the server dropped (a restart, ``pg_terminate_backend``) is found out here, not
-        by the next statement: it goes back to the pool, which discards it and opens another,
-        and the next one is tried at once. (The pool's own ``check`` waits 1 s, then 2, 4...
-        after each dead connection, so a pool whose idle connections had all been dropped
-        stalled for tens of seconds, past its timeout.)
-        """
+        """A pooled connection (no round trip to check it: that would cost every statement
+        one; a dead one is found by the statement, and ``lost`` then clears the pool)."""
         pool = await self.pool()
-        for attempt in range(self.max_size + 1):
-            async with pool.connection() as connection:
-                try:
-                    await connection.execute("")
-                except psycopg.OperationalError:
-                    if attempt == self.max_size:
-                        raise
-                    continue
-                yield connection
-                return
+        async with pool.connection() as connection:
+            yield connection
+
+    async def lost(self, attempt: int) -> None:
+        """After a statement failed on a lost connection: drop every dead idle connection of
+        the pool at once (the server restarted, or terminated them all), then retry at once
+        the first time, with a growing pause after that."""
+        self.reconnects += 1
+        if attempt > 1:
+            await asyncio.sleep(_backoff(attempt - 1))
+        if self._pool is not None:
+            try:
+                # Checks the idle connections now and replaces the dead ones. (The pool's own
+                # check on checkout pauses 1, 2, 4 ... s after each dead one.)
+                await self._pool.check()
+            except Exception as exc:  # the retry finds out
+                logger.warning("saga.postgres.pool_check_failed: %s", exc)
 
     async def migrate(self) -> list[str]:
         pool = await self.pool(migrating=False)
@@ -236,9 +237,8 @@ class _Database:
                 attempt += 1
                 if attempt > self.reconnect_attempts:
                     raise
-                self.reconnects += 1
                 logger.warning("saga.postgres.reconnect: read failed (%s), retrying", exc)
-                await asyncio.sleep(_backoff(attempt))
+                await self.lost(attempt)
 
     async def fetchone(self, query: sql.Composed, params: Sequence[Any] = ()) -> Any:
         async def fn(connection: _Connection) -> Any:
@@ -344,13 +344,12 @@ class _Database:
                         item.settle(error=exc)
                     return
                 in_doubt = in_doubt or committing
-                self.reconnects += 1
                 logger.warning(
                     "saga.postgres.reconnect: write batch of %d failed (%s), retrying",
                     len(pending),
                     exc,
                 )
-                await asyncio.sleep(_backoff(attempt))
+                await self.lost(attempt)
             except BaseException as exc:
                 for item in pending:
                     item.settle(error=exc)
