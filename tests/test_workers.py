@@ -32,7 +32,7 @@ from uuid import UUID, uuid4
 import anyio
 import psycopg
 import pytest
-from psycopg import sql
+from psycopg import pq, sql
 
 from saga_orchestrator import (
     InMemorySagaRepository,
@@ -625,14 +625,14 @@ async def test_a_killed_workers_sagas_are_taken_over_after_its_leases_expire(
 async def test_a_step_blocking_its_process_past_the_lease_is_taken_over_and_fenced(
     postgres_schema: PostgresSchema, db: Db, workers: Workers
 ) -> None:
-    """A step blocks its worker's whole event loop (a blocking call) for longer than the
+    """A step blocks its worker's whole event loop (a blocking call) for 4x the
     lease: the heartbeats stop, another worker takes the saga over and finishes it; when the
     blocked worker comes back, its step has finished, and its write is refused."""
     local = MemoryRecorder("test")
     w1, w2 = await workers.start("w1", "w2", lease_seconds=1.5, poll=0.1)
     async with postgres_schema.repository() as repository:
         orch = orchestrator(repository, local)
-        saga_id = await orch.submit(JobSaga(JobData(plan="stall", stall_seconds=3.5), local))
+        saga_id = await orch.submit(JobSaga(JobData(plan="stall", stall_seconds=6.0), local))
         await until(lambda: _terminal(db, {saga_id}), "the other worker finishing it", 15)
         done = await stored(repository, saga_id)
         events = await db.events(saga_id)
@@ -663,7 +663,7 @@ async def test_a_step_blocking_its_process_past_the_lease_is_taken_over_and_fenc
     assert other_summary["finished"] == 1
     assert await db.leased() == []
     print(
-        f"\nstep stalled 3.5 s (lease 1.5 s): taken over and finished"
+        f"\nstep stalled 6 s (lease 1.5 s): taken over and finished"
         f" {(stalled.ended_at - finished_by_other).total_seconds():.2f} s before it came back;"
         f" its result ({stalled.outcome}) was refused"
     )
@@ -1204,14 +1204,24 @@ class _ConnectionProxy:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._connection, name)
 
+    def _commits(self, query: Any) -> bool:
+        """COMMIT, or a saga write outside a transaction (a write alone in its batch is its
+        own transaction: the statement commits)."""
+        if query == "COMMIT":
+            return True
+        if self._connection.info.transaction_status != pq.TransactionStatus.IDLE:
+            return False
+        text = query.as_string(self._connection) if isinstance(query, sql.Composable) else query
+        return isinstance(text, str) and text.startswith("WITH w AS (")
+
     async def execute(self, query: Any, params: Any = None) -> Any:
         cut = self._cut
-        if query == "COMMIT":
+        if self._commits(query):
             cut.commits += 1
             if cut.commits == cut.nth:
                 cut.cut = True
                 if cut.committed:
-                    await self._connection.execute("COMMIT")
+                    await self._connection.execute(query, params)
                 await self._connection.execute("SELECT pg_terminate_backend(pg_backend_pid())")
                 raise AssertionError("the backend survived terminating itself")
         return await self._connection.execute(query, params)

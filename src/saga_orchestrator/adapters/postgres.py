@@ -262,7 +262,10 @@ class _Database:
         op: Callable[[_Connection], Awaitable[Any]],
         verify: Callable[[_Connection], Awaitable[bool]] | None = None,
     ) -> Any:
-        """Run ``op`` in a write transaction, shared with the writes queued meanwhile."""
+        """Run ``op`` in a write transaction, shared with the writes queued meanwhile.
+
+        ``op`` makes at most one writing statement: alone in its batch, it runs without
+        ``BEGIN``/``COMMIT`` (the statement is the transaction)."""
         loop = asyncio.get_running_loop()
         item = _Write(key, op, loop.create_future(), verify)
         self._queue.append(item)
@@ -307,6 +310,24 @@ class _Database:
                     if in_doubt:
                         pending = await self._drop_committed(connection, pending)
                         in_doubt = False
+                    if len(pending) == 1:
+                        # Alone in its batch: its one writing statement is its transaction,
+                        # one round trip instead of BEGIN, statement, COMMIT.
+                        item = pending[0]
+                        committing = True
+                        try:
+                            result = await item.op(connection)
+                        except (SagaConflictError, SagaAlreadyExistsError) as exc:
+                            item.settle(error=exc)  # that statement wrote nothing
+                            return
+                        except psycopg.Error as exc:
+                            if connection.broken or connection.closed:
+                                raise
+                            item.settle(error=exc)
+                            return
+                        self.transactions += 1
+                        item.settle(result)
+                        return
                     while pending:
                         outcomes: list[tuple[_Write, Any, BaseException | None]] = []
                         failed: tuple[_Write, Exception] | None = None
@@ -557,6 +578,7 @@ class PostgresSagaRepository(_PostgresBase):
         self._heartbeat_seconds = self.lease_seconds / 3
         self._margin = min(self.lease_seconds / 4, 2.0)
         self._leases: dict[UUID, _Lease] = {}
+        self._statements: dict[tuple[str, int, bool], str] = {}
         self._heartbeat: asyncio.Task[None] | None = None
         self._notifier: _Notifier | None = None
         self._relay_connection: _Connection | None = None
@@ -569,16 +591,49 @@ class PostgresSagaRepository(_PostgresBase):
     def _channel(self, kind: str) -> str:
         return f"saga_orchestrator_{kind}:{self._db.schema}"[:63]
 
-    def _outbox_insert(self, events: Sequence[SagaEvent]) -> tuple[sql.Composed, tuple[Any, ...]]:
-        query = sql.SQL(
-            "INSERT INTO {} (saga_id, sequence, event)"
-            " SELECT * FROM unnest(%s::uuid[], %s::integer[], %s::text[])"
-        ).format(self._db.table("saga_outbox"))
-        return query, (
-            [event.saga_id for event in events],
-            [event.sequence for event in events],
-            [encode_event(event) for event in events],
-        )
+    def _write_statement(
+        self,
+        write: str,
+        write_params: Sequence[Any],
+        events: Sequence[SagaEvent],
+        notify: tuple[str, str] | None,
+    ) -> tuple[str, tuple[Any, ...]]:
+        """One statement: the row's write (``RETURNING lease_epoch``), its events into the
+        outbox only if the row was written, and a notification only then too. A statement
+        alone is a transaction, so a write alone in its batch costs one round trip."""
+        with_events = len(events) if self.stores_events else 0
+        key = (write, with_events, notify is not None)
+        query = self._statements.get(key)
+        if query is None:
+            parts: list[sql.Composable] = [
+                sql.SQL("WITH w AS ("),
+                sql.SQL(write).format(self._db.table("sagas")),
+            ]
+            if with_events:
+                # One row of parameters per event (a transition has 1 to 3): text parameters
+                # go as they are, where a text[] parameter would be escaped quote by quote.
+                rows = sql.SQL(", ").join(
+                    sql.SQL("(%s::uuid, %s::integer, %s::text)") for _ in range(with_events)
+                )
+                parts.append(
+                    sql.SQL(
+                        "), o AS (INSERT INTO {} (saga_id, sequence, event) SELECT e.* FROM"
+                        " (VALUES {}) AS e WHERE EXISTS (SELECT 1 FROM w)"
+                    ).format(self._db.table("saga_outbox"), rows)
+                )
+            if notify is not None:
+                parts.append(sql.SQL(") SELECT lease_epoch, pg_notify(%s, %s) FROM w"))
+            else:
+                parts.append(sql.SQL(") SELECT lease_epoch FROM w"))
+            # Built once per shape: the same text each time also lets psycopg prepare it.
+            query = self._statements[key] = sql.Composed(parts).as_string(None)
+        params: list[Any] = list(write_params)
+        if with_events:
+            for event in events:
+                params += [event.saga_id, event.sequence, encode_event(event)]
+        if notify is not None:
+            params += notify
+        return query, tuple(params)
 
     def _local_deadline(self, sent_at: float) -> float:
         return sent_at + self.lease_seconds - self._margin
@@ -596,15 +651,15 @@ class PostgresSagaRepository(_PostgresBase):
         With ``lease=False`` (a saga submitted for workers) nobody holds it yet, and waiting
         workers are notified.
         """
-        query = sql.SQL(
+        owner = self.owner if lease and not context.is_terminal else None
+        insert = (
             "INSERT INTO {} (saga_id, saga_type, correlation_id, status, version,"
             " created_at, updated_at, state, run_after, lease_owner, lease_expires_at,"
             " lease_epoch) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
             " CASE WHEN %s THEN now() + %s * interval '1 second' END, %s)"
-            " ON CONFLICT (saga_id) DO NOTHING"
-        ).format(self._db.table("sagas"))
-        owner = self.owner if lease and not context.is_terminal else None
-        params = (
+            " ON CONFLICT (saga_id) DO NOTHING RETURNING lease_epoch"
+        )
+        values = (
             context.saga_id,
             context.saga_type,
             context.correlation_id,
@@ -619,18 +674,14 @@ class PostgresSagaRepository(_PostgresBase):
             self.lease_seconds,
             1 if owner is not None else 0,
         )
-        outbox = self._outbox_insert(events) if self.stores_events and events else None
-        notify = None if owner is not None else self._channel("ready")
+        notify = None if owner is not None else (self._channel("ready"), "")
+        statement = self._write_statement(insert, values, events, notify)
         saga_id = context.saga_id
 
         async def op(connection: _Connection) -> None:
-            cursor = await connection.execute(query, params)
-            if cursor.rowcount != 1:
+            cursor = await connection.execute(*statement)
+            if await cursor.fetchone() is None:
                 raise SagaAlreadyExistsError(saga_id)
-            if outbox is not None:
-                await connection.execute(*outbox)
-            if notify is not None:
-                await connection.execute("SELECT pg_notify(%s, '')", (notify,))
 
         version = context.version
         verify = self._verifier(saga_id, version)
@@ -669,7 +720,6 @@ class PostgresSagaRepository(_PostgresBase):
         saga_id = context.saga_id
         held = self._leases.get(saga_id)
         release = context.is_terminal
-        table = self._db.table("sagas")
         common = (
             "status = %s, version = %s, updated_at = %s, state = %s, run_after = %s,"
             " lease_owner = CASE WHEN %s THEN NULL ELSE %s END,"
@@ -688,30 +738,26 @@ class PostgresSagaRepository(_PostgresBase):
             self.lease_seconds,
         )
         if held is not None:
-            query = sql.SQL(
+            write = (
                 "UPDATE {} SET " + common + " WHERE saga_id = %s AND version = %s"
                 " AND lease_owner = %s AND lease_epoch = %s RETURNING lease_epoch"
-            ).format(table)
+            )
             params: tuple[Any, ...] = (*values, saga_id, expected_version, self.owner, held.epoch)
         else:
-            query = sql.SQL(
+            write = (
                 "UPDATE {} SET " + common + ", lease_epoch = lease_epoch + 1"
                 " WHERE saga_id = %s AND version = %s AND (lease_owner IS NULL"
                 " OR lease_owner = %s OR lease_expires_at < now()) RETURNING lease_epoch"
-            ).format(table)
+            )
             params = (*values, saga_id, expected_version, self.owner)
-        outbox = self._outbox_insert(events) if self.stores_events and events else None
-        done = self._channel("done") if release else None
+        notify = (self._channel("done"), str(saga_id)) if release else None
+        statement = self._write_statement(write, params, events, notify)
 
         async def op(connection: _Connection) -> int:
-            cursor = await connection.execute(query, params)
+            cursor = await connection.execute(*statement)
             row = await cursor.fetchone()
             if row is None:
                 raise await self._refusal(connection, saga_id, expected_version, held)
-            if outbox is not None:
-                await connection.execute(*outbox)
-            if done is not None:
-                await connection.execute("SELECT pg_notify(%s, %s)", (done, str(saga_id)))
             return int(row[0])
 
         sent_at = asyncio.get_running_loop().time()
