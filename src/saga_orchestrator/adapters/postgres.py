@@ -691,9 +691,14 @@ class PostgresSagaRepository(_PostgresBase):
             self._hold(saga_id, 1, self._local_deadline(sent_at))
 
     def _verifier(self, saga_id: UUID, version: int) -> Callable[[_Connection], Awaitable[bool]]:
-        query = sql.SQL("SELECT version, lease_owner FROM {} WHERE saga_id = %s").format(
-            self._db.table("sagas")
-        )
+        query = self._statements.get(("verify", 0, False))
+        if query is None:
+            query = (
+                sql.SQL("SELECT version, lease_owner FROM {} WHERE saga_id = %s")
+                .format(self._db.table("sagas"))
+                .as_string(None)
+            )
+            self._statements[("verify", 0, False)] = query
 
         async def verify(connection: _Connection) -> bool:
             cursor = await connection.execute(query, (saga_id,))
