@@ -125,6 +125,11 @@ class _Write:
     # After a connection died during COMMIT: whether this write is in the database. None means
     # the write can simply run again (it is idempotent).
     verify: Callable[[_Connection], Awaitable[bool]] | None = None
+    # A write that is one statement can be pipelined with the rest of its batch: the
+    # statement, and what to make of the row it returns (None: no row) within the batch's
+    # transaction.
+    statement: tuple[str, tuple[Any, ...]] | None = None
+    on_row: Callable[[Any, _Connection], Awaitable[Any]] | None = None
 
     def settle(self, result: Any = None, error: BaseException | None = None) -> None:
         if self.future.done():
@@ -261,13 +266,18 @@ class _Database:
         key: tuple[str, str],
         op: Callable[[_Connection], Awaitable[Any]],
         verify: Callable[[_Connection], Awaitable[bool]] | None = None,
+        *,
+        statement: tuple[str, tuple[Any, ...]] | None = None,
+        on_row: Callable[[Any, _Connection], Awaitable[Any]] | None = None,
     ) -> Any:
         """Run ``op`` in a write transaction, shared with the writes queued meanwhile.
 
         ``op`` makes at most one writing statement: alone in its batch, it runs without
-        ``BEGIN``/``COMMIT`` (the statement is the transaction)."""
+        ``BEGIN``/``COMMIT`` (the statement is the transaction). A write given as
+        ``statement`` and ``on_row`` (equivalent to ``op``) is sent with the others of its
+        batch in one pipeline: one round trip for the batch, not one per write."""
         loop = asyncio.get_running_loop()
-        item = _Write(key, op, loop.create_future(), verify)
+        item = _Write(key, op, loop.create_future(), verify, statement, on_row)
         self._queue.append(item)
         if self._flusher is None:
             # A task of its own: a caller cancelled while its batch is being committed must
@@ -328,6 +338,12 @@ class _Database:
                         self.transactions += 1
                         item.settle(result)
                         return
+                    if len(pending) > 1 and all(item.statement is not None for item in pending):
+                        # In doubt if the connection goes: the check then finds what committed.
+                        committing = True
+                        if await self._pipelined(connection, pending):
+                            return
+                        committing = False
                     while pending:
                         outcomes: list[tuple[_Write, Any, BaseException | None]] = []
                         failed: tuple[_Write, Exception] | None = None
@@ -377,6 +393,38 @@ class _Database:
                 if not isinstance(exc, Exception):
                     raise
                 return
+
+    async def _pipelined(self, connection: _Connection, pending: list[_Write]) -> bool:
+        """The batch in one transaction, its statements pipelined. False (nothing written) if
+        a statement failed: the caller then runs the writes one by one to isolate it."""
+        await connection.execute("BEGIN")
+        try:
+            cursors = []
+            async with connection.pipeline() as pipeline:
+                for item in pending:
+                    assert item.statement is not None
+                    cursor = connection.cursor()
+                    await cursor.execute(*item.statement)
+                    cursors.append(cursor)
+                await pipeline.sync()
+            outcomes: list[tuple[_Write, Any, BaseException | None]] = []
+            for item, cursor in zip(pending, cursors, strict=True):
+                assert item.on_row is not None
+                row = await cursor.fetchone()
+                try:
+                    outcomes.append((item, await item.on_row(row, connection), None))
+                except (SagaConflictError, SagaAlreadyExistsError) as exc:
+                    outcomes.append((item, None, exc))  # that statement wrote nothing
+        except psycopg.Error:
+            if connection.broken or connection.closed:
+                raise
+            await connection.execute("ROLLBACK")
+            return False
+        await connection.execute("COMMIT")
+        self.transactions += 1
+        for item, result, error in outcomes:
+            item.settle(result, error)
+        return True
 
     async def _drop_committed(self, connection: _Connection, pending: list[_Write]) -> list[_Write]:
         left = []
@@ -678,15 +726,20 @@ class PostgresSagaRepository(_PostgresBase):
         statement = self._write_statement(insert, values, events, notify)
         saga_id = context.saga_id
 
+        async def on_row(row: Any, connection: _Connection) -> None:
+            if row is None:
+                raise SagaAlreadyExistsError(saga_id)
+
         async def op(connection: _Connection) -> None:
             cursor = await connection.execute(*statement)
-            if await cursor.fetchone() is None:
-                raise SagaAlreadyExistsError(saga_id)
+            await on_row(await cursor.fetchone(), connection)
 
         version = context.version
         verify = self._verifier(saga_id, version)
         sent_at = asyncio.get_running_loop().time()
-        await self._db.write(("sagas", str(saga_id)), op, verify)
+        await self._db.write(
+            ("sagas", str(saga_id)), op, verify, statement=statement, on_row=on_row
+        )
         if owner is not None:
             self._hold(saga_id, 1, self._local_deadline(sent_at))
 
@@ -758,16 +811,22 @@ class PostgresSagaRepository(_PostgresBase):
         notify = (self._channel("done"), str(saga_id)) if release else None
         statement = self._write_statement(write, params, events, notify)
 
-        async def op(connection: _Connection) -> int:
-            cursor = await connection.execute(*statement)
-            row = await cursor.fetchone()
+        async def on_row(row: Any, connection: _Connection) -> int:
             if row is None:
                 raise await self._refusal(connection, saga_id, expected_version, held)
             return int(row[0])
 
+        async def op(connection: _Connection) -> int:
+            cursor = await connection.execute(*statement)
+            return await on_row(await cursor.fetchone(), connection)
+
         sent_at = asyncio.get_running_loop().time()
         epoch = await self._db.write(
-            ("sagas", str(saga_id)), op, self._verifier(saga_id, context.version)
+            ("sagas", str(saga_id)),
+            op,
+            self._verifier(saga_id, context.version),
+            statement=statement,
+            on_row=on_row,
         )
         if release:
             self._leases.pop(saga_id, None)
