@@ -981,6 +981,20 @@ def render_report(
             "",
             dbt,
         ]
+    busy = sum(
+        w["server_other_commits"] for r in rows for w in (r.get("db") or {}).get("windows", [])
+    )
+    load = info.get("load_average_at_start") or [0.0]
+    if busy or load[0] > 0.5 * (info.get("cpu_count") or 1):
+        parts += [
+            "",
+            f"**Other activity during the run**: other databases of the server committed "
+            f"{busy:,} transactions during the PostgreSQL windows, and the load average was "
+            f"{_loads(info.get('load_average_at_start'))} at the start, "
+            f"{_loads(info.get('load_average_at_end'))} at the end: the machine was shared, "
+            "so the figures are lower (and the WAL counters, which are the cluster's, higher) "
+            "than on a quiet one.",
+        ]
     found = targets(rows, levels)
     parts += ["", "## Targets (issue 7)", "", targets_text(found)]
     problems = [f"- {r['scenario']}: {p}" for r in rows for p in r.get("problems", [])]
