@@ -1231,6 +1231,16 @@ class PostgresSagaRepository(_PostgresBase):
             await self._notifier.stop()
         if self._relay_connection is not None:
             connection, self._relay_connection = self._relay_connection, None
+            if self._relay_lock_held and not (connection.closed or connection.broken):
+                # Released now, not when the server notices the connection is gone: another
+                # process's relay can take over at once.
+                try:
+                    await connection.execute(
+                        "SELECT pg_advisory_unlock(hashtextextended(%s, 0))",
+                        (f"saga_orchestrator.outbox:{self._db.schema}",),
+                    )
+                except psycopg.Error as exc:  # released with the connection anyway
+                    logger.warning("saga.outbox.unlock_failed: %s", exc)
             self._relay_lock_held = False
             await connection.close()
         await super().close()
