@@ -31,11 +31,11 @@ REPO_ROOT = BENCH_DIR.parent
 RESULTS_DIR = BENCH_DIR / "results"
 CACHE_DIR = BENCH_DIR / ".cache"
 
-DEFAULT_POSTGRES_URL = (
-    os.environ.get("SAGA_BENCH_POSTGRES_URL")
-    or os.environ.get("SAGA_TEST_POSTGRES_URL")
-    or "postgresql://postgres@127.0.0.1:5432/test"
+DEFAULT_POSTGRES_URL = os.environ.get(
+    "SAGA_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
+"""As engine.py and scripts/bench: ``SAGA_BENCH_POSTGRES_URL``, else the local ``postgres``
+database."""
 
 
 def postgres_problem(url: str) -> str | None:
@@ -87,9 +87,16 @@ def machine_info() -> dict[str, Any]:
 
 
 def describe_machine(postgres_url: str | None = None) -> dict[str, Any]:
-    """engine.py's machine fields, with the CPU model and the PostgreSQL server."""
-    info = machine_info()
-    info["cpu_model"] = _cpu_model()
+    """engine.py's machine description (its ``machine_info``, where it has one; the same
+    basic fields otherwise), with the PostgreSQL settings these benchmarks depend on."""
+    try:
+        from engine import machine_info as engine_machine_info
+
+        info = engine_machine_info(postgres_url)
+    except (ImportError, TypeError):  # pragma: no cover - an engine.py without it
+        info = machine_info()
+        info["cpu_model"] = _cpu_model()
+        info["load_average_at_start"] = load_average()
     if postgres_url is not None:
         try:
             import psycopg
@@ -110,6 +117,14 @@ def describe_machine(postgres_url: str | None = None) -> dict[str, Any]:
         except Exception as exc:
             info["postgres"] = {"error": str(exc)}
     return info
+
+
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15-minute load averages (other processes share the cores)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def _cpu_model() -> str | None:
@@ -135,6 +150,9 @@ def machine_line(info: dict[str, Any]) -> str:
     postgres = info.get("postgres")
     if postgres and "server_version" in postgres:
         parts.append(f"PostgreSQL {postgres['server_version']}")
+    loads = [info.get("load_average_at_start"), info.get("load_average_at_end")]
+    if all(loads):
+        parts.append(f"load average {loads[0][0]:g} at the start, {loads[1][0]:g} at the end")
     return "; ".join(parts)
 
 

@@ -55,6 +55,7 @@ from _support import (
     Column,
     Services,
     describe_machine,
+    load_average,
     machine_line,
     make_order,
     make_saga,
@@ -511,6 +512,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     elapsed = time.perf_counter() - started
     rows = summarise(found.pop("scenarios"))
+    info["load_average_at_end"] = load_average()
     header = machine_line(info)
     settings = (
         f"{args.repeats} repeats (median) of {args.seq_seconds:g} s sequential and "

@@ -47,6 +47,7 @@ from _support import (
     RESULTS_DIR,
     Column,
     describe_machine,
+    load_average,
     machine_line,
     postgres_problem,
     render_markdown,
@@ -589,6 +590,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     elapsed = time.perf_counter() - started
+    info["load_average_at_end"] = load_average()
     header = machine_line(info)
     settings = (
         f"{args.sagas:,} sagas in flight (step 2 of 4 running) when SIGKILLed; PostgreSQL "

@@ -57,6 +57,7 @@ from _support import (
     Column,
     Services,
     describe_machine,
+    load_average,
     machine_line,
     make_order,
     make_saga,
@@ -839,6 +840,7 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - started
     rows = summarise(stores, args)
     found = verdicts(rows, args.sizes)
+    info["load_average_at_end"] = load_average()
     header = machine_line(info)
     settings = (
         f"{args.repeats} repeats (median) of {args.seq_seconds:g} s sequential and "
