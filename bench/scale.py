@@ -840,6 +840,8 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - started
     rows = summarise(stores, args)
     found = verdicts(rows, args.sizes)
+    if args.quick:
+        found = [f"{line} [--quick: one short sample, mostly noise]" for line in found]
     info["load_average_at_end"] = load_average()
     header = machine_line(info)
     settings = (
