@@ -704,7 +704,7 @@ class PostgresSagaRepository(_PostgresBase):
             "INSERT INTO {} (saga_id, saga_type, correlation_id, status, version,"
             " created_at, updated_at, state, run_after, lease_owner, lease_expires_at,"
             " lease_epoch) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
-            " CASE WHEN %s THEN now() + %s * interval '1 second' END, %s)"
+            " CASE WHEN %s THEN clock_timestamp() + %s * interval '1 second' END, %s)"
             " ON CONFLICT (saga_id) DO NOTHING RETURNING lease_epoch"
         )
         values = (
@@ -782,7 +782,7 @@ class PostgresSagaRepository(_PostgresBase):
             "status = %s, version = %s, updated_at = %s, state = %s, run_after = %s,"
             " lease_owner = CASE WHEN %s THEN NULL ELSE %s END,"
             " lease_expires_at = CASE WHEN %s THEN NULL"
-            " ELSE now() + %s * interval '1 second' END"
+            " ELSE clock_timestamp() + %s * interval '1 second' END"
         )
         values = (
             context.status.value,
@@ -982,7 +982,8 @@ class PostgresSagaRepository(_PostgresBase):
         table = self._db.table("sagas")
         # Rows locked in key order, as the group-commit writer does: never a deadlock.
         renew = sql.SQL(
-            "UPDATE {} AS s SET lease_expires_at = now() + %s * interval '1 second'"
+            "UPDATE {} AS s SET"
+            " lease_expires_at = clock_timestamp() + %s * interval '1 second'"
             " FROM (SELECT saga_id FROM {} WHERE lease_owner = %s AND (saga_id, lease_epoch)"
             " IN (SELECT * FROM unnest(%s::uuid[], %s::bigint[])) ORDER BY saga_id FOR UPDATE)"
             " AS mine WHERE s.saga_id = mine.saga_id RETURNING s.saga_id"
@@ -1060,8 +1061,9 @@ class PostgresSagaRepository(_PostgresBase):
         table = self._db.table("sagas")
         types = sql.SQL(" AND saga_type = ANY(%s)") if saga_types is not None else sql.SQL("")
         query = sql.SQL(
-            "UPDATE {} AS s SET lease_owner = %s, lease_expires_at = now() + %s * interval"
-            " '1 second', lease_epoch = s.lease_epoch + 1 FROM (SELECT saga_id FROM {}"
+            "UPDATE {} AS s SET lease_owner = %s,"
+            " lease_expires_at = clock_timestamp() + %s * interval '1 second',"
+            " lease_epoch = s.lease_epoch + 1 FROM (SELECT saga_id FROM {}"
             " WHERE status IN ('pending', 'running', 'compensating')"
             " AND (lease_owner IS NULL OR lease_expires_at < now())"
             " AND (run_after IS NULL OR run_after <= now()){}"
@@ -1103,7 +1105,7 @@ class PostgresSagaRepository(_PostgresBase):
         query = sql.SQL(
             "UPDATE {} SET lease_owner = NULL, lease_expires_at = NULL, run_after ="
             " CASE WHEN %s > 0 THEN greatest(coalesce(run_after, now()),"
-            " now() + %s * interval '1 second') ELSE run_after END"
+            " clock_timestamp() + %s * interval '1 second') ELSE run_after END"
             " WHERE saga_id = %s AND lease_owner = %s AND lease_epoch = %s"
         ).format(self._db.table("sagas"))
         params = (delay_seconds, delay_seconds, saga_id, self.owner, lease.epoch)

@@ -34,7 +34,7 @@ import anyio.to_thread
 from ..errors import SagaAlreadyExistsError, SagaConflictError
 from ..events import SagaEvent, decode_event, encode_event
 from ..serialization import decode_context
-from ..state import SagaContext, SagaStatus
+from ..state import ACTIVE_STATUSES, SagaContext, SagaStatus
 from ._lifecycle import AsyncLifecycle
 
 __all__ = ["SQLiteIdempotencyStore", "SQLiteSagaRepository", "migrate"]
@@ -391,8 +391,7 @@ class SQLiteSagaRepository(_SQLiteBase):
         if statuses is not None:
             if not statuses:
                 return []
-            clauses.append(f"status IN ({', '.join('?' for _ in statuses)})")
-            params.extend(SagaStatus(s).value for s in statuses)
+            clauses.append(_status_filter(statuses))
         if saga_type is not None:
             clauses.append("saga_type = ?")
             params.append(saga_type)
@@ -409,15 +408,14 @@ class SQLiteSagaRepository(_SQLiteBase):
         self, *, statuses: Collection[SagaStatus] | None = None, limit: int = 1000
     ) -> list[UUID]:
         """Ids of stored sagas, oldest first, without decoding their state."""
-        where, params = "", []
+        where = ""
         if statuses is not None:
             if not statuses:
                 return []
-            where = f" WHERE status IN ({', '.join('?' for _ in statuses)})"
-            params = [SagaStatus(s).value for s in statuses]
+            where = f" WHERE {_status_filter(statuses)}"
         rows = await self._db.read(
             lambda c: c.execute(
-                f"SELECT saga_id FROM sagas{where} ORDER BY rowid LIMIT ?", [*params, int(limit)]
+                f"SELECT saga_id FROM sagas{where} ORDER BY rowid LIMIT ?", [int(limit)]
             ).fetchall()
         )
         return [UUID(row[0]) for row in rows]
@@ -432,18 +430,19 @@ class SQLiteSagaRepository(_SQLiteBase):
         """
         if not statuses:
             return {}
-        values = [SagaStatus(s).value for s in statuses]
-        # Served by the partial indexes on active and failed sagas: cheap however many
-        # finished sagas are stored, as long as `statuses` are among those.
-        rows = await self._db.read(
-            lambda c: c.execute(
+        # One query per partial index (active, failed), so each is served by its index:
+        # cheap however many finished sagas are stored.
+        wanted = {SagaStatus(s) for s in statuses}
+        groups = [group for group in (wanted & ACTIVE_STATUSES, wanted - ACTIVE_STATUSES) if group]
+        counts: dict[tuple[str, SagaStatus], int] = {}
+        for group in groups:
+            query = (
                 "SELECT saga_type, status, count(*) FROM sagas"
-                f" WHERE status IN ({', '.join('?' for _ in values)})"
-                " GROUP BY saga_type, status",
-                values,
-            ).fetchall()
-        )
-        return {(row[0], SagaStatus(row[1])): row[2] for row in rows}
+                f" WHERE {_status_filter(group)} GROUP BY saga_type, status"
+            )
+            rows = await self._db.read(_fetch_all(query))
+            counts.update({(row[0], SagaStatus(row[1])): row[2] for row in rows})
+        return counts
 
     async def fetch_unsent(self, limit: int) -> list[tuple[int, SagaEvent]]:
         """Up to ``limit`` events not yet marked sent, as ``(outbox id, event)``, oldest
@@ -564,3 +563,22 @@ def _iso(value: datetime | None) -> str:
 def _utc(value: datetime) -> str:
     """Outbox times: UTC, always with microseconds, so that they compare as text."""
     return value.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _status_filter(statuses: Collection[SagaStatus]) -> str:
+    """The WHERE term for these statuses, as literals (the values are the enum's own). SQLite
+    uses a partial index only for a query term written exactly as the index's own, so the
+    active and the failed sets are spelled as in the migrations."""
+    wanted = {SagaStatus(status) for status in statuses}
+    if wanted == ACTIVE_STATUSES:
+        return "status IN ('pending', 'running', 'compensating')"
+    if wanted == {SagaStatus.FAILED}:
+        return "status = 'failed'"
+    return f"status IN ({', '.join(repr(status.value) for status in sorted(wanted))})"
+
+
+def _fetch_all(query: str) -> Callable[[sqlite3.Connection], list[Any]]:
+    def run(connection: sqlite3.Connection) -> list[Any]:
+        return connection.execute(query).fetchall()
+
+    return run
