@@ -23,7 +23,6 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 try:
     import nats.errors
@@ -37,6 +36,8 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
     ) from exc
 
 from ..events import SagaEvent, encode_event
+from ._brokers import describe as _describe
+from ._brokers import redact as _redact
 from ._lifecycle import AsyncLifecycle
 
 __all__ = ["NatsJetStreamPublisher", "NatsPublishError"]
@@ -52,13 +53,6 @@ class NatsPublishError(ConnectionError):
     stream for its subject, say). Messages sent before the failure may be stored; sent again,
     they are dropped as duplicates within the stream's duplicate window. The next ``publish``
     call connects again."""
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    if isinstance(exc, TimeoutError) and not text:
-        text = "no answer in time"
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 @dataclass(eq=False)
@@ -289,13 +283,3 @@ class NatsJetStreamPublisher(AsyncLifecycle):
         timeout); publishing again reconnects."""
         if self._link is not None:
             await self._discard(self._link)
-
-
-def _redact(url: str) -> str:
-    """The URL without its password, for error messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return urlunsplit(parts._replace(netloc=user + netloc))

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from urllib.parse import urlsplit, urlunsplit
 
 try:
     import aio_pika
@@ -34,6 +33,8 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
     ) from exc
 
 from ..events import SagaEvent, encode_event
+from ._brokers import describe as _describe
+from ._brokers import redact as _redact
 from ._lifecycle import AsyncLifecycle
 
 __all__ = ["RabbitMQPublishError", "RabbitMQPublisher", "default_routing_key"]
@@ -53,23 +54,6 @@ class RabbitMQPublishError(ConnectionError):
 def default_routing_key(event: SagaEvent) -> str:
     """``"{saga_type}.{event type}"``, for example ``"trip.saga.completed"``."""
     return f"{event.saga_type}.{event.type.value}"
-
-
-def _redact(url: str) -> str:
-    """The URL without its password, for error messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return urlunsplit(parts._replace(netloc=user + netloc))
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    if isinstance(exc, TimeoutError) and not text:
-        text = "no answer in time"
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 class RabbitMQPublisher(AsyncLifecycle):

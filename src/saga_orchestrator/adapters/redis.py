@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from urllib.parse import urlsplit, urlunsplit
 
 try:
     import redis.asyncio as aioredis
@@ -35,6 +34,8 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
     ) from exc
 
 from ..events import SagaEvent, encode_event
+from ._brokers import describe as _describe
+from ._brokers import redact as _redact
 from ._lifecycle import AsyncLifecycle
 
 __all__ = ["RedisPublishError", "RedisStreamsPublisher"]
@@ -44,23 +45,6 @@ class RedisPublishError(ConnectionError):
     """Publishing to Redis failed: it could not be reached, or the connection was lost, or
     it refused the transaction. Whether the events were appended is unknown; the next
     ``publish`` call connects again."""
-
-
-def _redact(url: str) -> str:
-    """The URL without its password, for error messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return urlunsplit(parts._replace(netloc=user + netloc))
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    if isinstance(exc, TimeoutError) and not text:
-        text = "no answer in time"
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 class RedisStreamsPublisher(AsyncLifecycle):
