@@ -20,6 +20,12 @@ class TripData:
     car: str | None = None
 
 
+class NoCars(Exception):
+    """A declared refusal (the marker attribute): the car step did nothing, nothing to undo."""
+
+    refused = True
+
+
 Behaviour = Callable[[str, int], Awaitable[dict[str, Any] | None]]
 
 
@@ -40,8 +46,10 @@ class TripSaga(BaseSaga[TripData]):
         compensation_behaviour: dict[str, Behaviour] | None = None,
         retriable_car: bool = False,
         retry: RetryPolicy | None = None,
+        refusals: tuple[type[BaseException], ...] = (),
     ) -> None:
         self.log = log if log is not None else []
+        self.refusals = refusals
         self.behaviour = behaviour or {}
         self.compensation_behaviour = compensation_behaviour or {}
         self.retriable_car = retriable_car
@@ -50,14 +58,27 @@ class TripSaga(BaseSaga[TripData]):
 
     def define_steps(self) -> list[SagaStep[TripData]]:
         return [
-            SagaStep("flight", self._action("flight"), self._undo("flight"), retry=self.retry),
-            SagaStep("hotel", self._action("hotel"), self._undo("hotel"), retry=self.retry),
+            SagaStep(
+                "flight",
+                self._action("flight"),
+                self._undo("flight"),
+                retry=self.retry,
+                refusals=self.refusals,
+            ),
+            SagaStep(
+                "hotel",
+                self._action("hotel"),
+                self._undo("hotel"),
+                retry=self.retry,
+                refusals=self.refusals,
+            ),
             SagaStep(
                 "car",
                 self._action("car"),
                 None if self.retriable_car else self._undo("car"),
                 retriable=self.retriable_car,
                 retry=self.retry,
+                refusals=self.refusals,
             ),
         ]
 

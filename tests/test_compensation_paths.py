@@ -5,7 +5,7 @@
     Create Shipment    fails → refund + release
     Send Confirmation  fails → cancel shipment + refund + release
 
-A raised business error means the step did not act, so only the steps before it are
+A declared refusal (a business error) means the step did not act, so only the steps before it are
 undone. A timeout leaves the outcome unknown, so the timed-out step's own compensation runs
 first: it looks the effect up by the action's key (the order, the payment's idempotency key)
 since no id came back, and finds nothing here because the fakes' hanging calls never act. The
@@ -16,7 +16,11 @@ from __future__ import annotations
 
 import pytest
 
-from order_fulfillment.errors import InsufficientStockError, PaymentDeclinedError
+from order_fulfillment.errors import (
+    InsufficientStockError,
+    PaymentDeclinedError,
+    ServiceRejectedError,
+)
 from saga_orchestrator import SagaOrchestrator, SagaStatus, StepStatus
 from saga_orchestrator.protocols import SagaRepository
 from saga_orchestrator.testing import ManualClock
@@ -28,9 +32,9 @@ STEPS = ["reserve_inventory", "process_payment", "create_shipment", "send_confir
 RAISED = {
     "reserve": (InsufficientStockError("SKU-001"), []),
     "charge": (PaymentDeclinedError("Insufficient funds"), ["release"]),
-    "create_shipment": (ValueError("no carrier"), ["refund", "release"]),
+    "create_shipment": (ServiceRejectedError("no carrier"), ["refund", "release"]),
     "email:order_confirmed": (
-        ValueError("mailbox unavailable"),
+        ServiceRejectedError("mailbox unavailable"),
         ["cancel_shipment", "refund", "release"],
     ),
 }

@@ -35,10 +35,12 @@ EXPECTED = {
     "SagaStep",
     "SagaWorker",
     "SerializationError",
+    "StepRefusedError",
     "StepRun",
     "StepState",
     "StepStatus",
     "current_step",
+    "is_refusal",
 }
 
 

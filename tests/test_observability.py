@@ -17,7 +17,7 @@ from saga_orchestrator.observability.otel import SagaTracing
 from saga_orchestrator.observability.prometheus import PrometheusMetrics, SagaStatesCollector
 from saga_orchestrator.protocols import SagaRepository
 from saga_orchestrator.testing import ManualClock
-from tests.sagas import TripData, TripSaga, always, fail_on
+from tests.sagas import NoCars, TripData, TripSaga, always, fail_on
 
 pytestmark = pytest.mark.anyio
 
@@ -28,7 +28,7 @@ async def test_span_tree_of_a_compensated_saga(saga_repo: SagaRepository) -> Non
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracing = SagaTracing(provider)
-    saga = TripSaga(TripData(), behaviour={"car": always(ValueError("no cars"))})
+    saga = TripSaga(TripData(), behaviour={"car": always(NoCars("no cars"))})
     orchestrator = SagaOrchestrator(saga_repo, interceptors=[tracing], clock=ManualClock())
     result = await orchestrator.execute(saga)
     assert result.status is SagaStatus.COMPENSATED
@@ -91,7 +91,7 @@ async def test_metrics_count_outcomes_failures_and_durations(saga_repo: SagaRepo
     await orchestrator.execute(
         TripSaga(TripData(), behaviour={"hotel": fail_on({1}, ConnectionError("reset"))})
     )
-    await orchestrator.execute(TripSaga(TripData(), behaviour={"car": always(ValueError("x"))}))
+    await orchestrator.execute(TripSaga(TripData(), behaviour={"car": always(NoCars("x"))}))
 
     assert _sample(registry, "saga_executions_total", saga_type="trip", status="completed") == 2
     assert _sample(registry, "saga_executions_total", saga_type="trip", status="compensated") == 1
@@ -149,7 +149,7 @@ async def test_every_log_record_names_its_event_and_saga(
 ) -> None:
     """Lifecycle logs carry a stable dotted event name and the saga id in every record."""
     caplog.set_level(logging.INFO, logger="saga_orchestrator")
-    saga = TripSaga(TripData(), behaviour={"car": always(ValueError("no cars"))})
+    saga = TripSaga(TripData(), behaviour={"car": always(NoCars("no cars"))})
     result = await SagaOrchestrator(saga_repo, clock=ManualClock()).execute(saga)
     records = [r for r in caplog.records if r.name == "saga_orchestrator"]
     events = [getattr(r, "event", None) for r in records]

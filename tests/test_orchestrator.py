@@ -21,6 +21,7 @@ from saga_orchestrator import (
     SagaStatus,
     SagaStep,
     SerializationError,
+    StepRefusedError,
     StepStatus,
     current_step,
 )
@@ -32,7 +33,7 @@ from saga_orchestrator.errors import (
 from saga_orchestrator.protocols import SagaRepository
 from saga_orchestrator.testing import ManualClock
 from tests.conftest import PostgresSchema
-from tests.sagas import TripData, TripSaga, always, fail_on, returns
+from tests.sagas import NoCars, TripData, TripSaga, always, fail_on, returns
 
 pytestmark = pytest.mark.anyio
 
@@ -71,9 +72,9 @@ async def test_transient_error_is_retried_with_growing_backoff(saga_repo: SagaRe
 
 
 async def test_business_error_fails_at_once(saga_repo: SagaRepository) -> None:
-    """An error that is not transient is an answer: no retry, and the step is not undone."""
+    """A declared refusal is an answer: no retry, and the step is not undone."""
 
-    class Declined(Exception):
+    class Declined(StepRefusedError):
         pass
 
     log: list[str] = []
@@ -189,7 +190,7 @@ async def test_failing_compensation_leaves_saga_failed_then_retry_finishes(
     saga = TripSaga(
         TripData(),
         log,
-        behaviour={"car": always(ValueError("no cars"))},
+        behaviour={"car": always(NoCars("no cars"))},
         compensation_behaviour={"hotel": refund},
     )
     orch = orchestrator(saga_repo, compensation_retry=RetryPolicy(max_attempts=3))
@@ -370,7 +371,7 @@ class _LoadTogether:
 async def test_events_are_typed_ordered_and_gap_free(saga_repo: SagaRepository) -> None:
     """Each saga's events carry ids and a 1..n sequence, in lifecycle order."""
     publisher = InMemoryEventPublisher()
-    saga = TripSaga(TripData(), behaviour={"car": always(ValueError("no cars"))})
+    saga = TripSaga(TripData(), behaviour={"car": always(NoCars("no cars"))})
     result = await orchestrator(saga_repo, event_publisher=publisher).execute(saga)
     events = publisher.for_saga(result.saga_id)
     assert [e.sequence for e in events] == list(range(1, len(events) + 1))
@@ -446,7 +447,7 @@ async def test_compensation_is_shielded_from_cancellation(saga_repo: SagaReposit
 
     saga = TripSaga(
         TripData(),
-        behaviour={"car": always(ValueError("no cars"))},
+        behaviour={"car": always(NoCars("no cars"))},
         compensation_behaviour={"hotel": slow_undo},
     )
     async with anyio.create_task_group() as tg:
@@ -655,7 +656,7 @@ async def test_hung_compensation_times_out_and_is_retried(saga_repo: SagaReposit
     saga = Hanging(
         TripData(),
         log,
-        behaviour={"car": always(ValueError("no cars"))},
+        behaviour={"car": always(NoCars("no cars"))},
         compensation_behaviour={"hotel": hang},
     )
     orch = orchestrator(saga_repo, compensation_retry=RetryPolicy(max_attempts=3))
@@ -672,5 +673,7 @@ def test_compensation_timeout_must_be_positive() -> None:
     async def noop(data: TripData) -> None:
         return None
 
-    with pytest.raises(SagaDefinitionError, match="compensation_timeout_seconds must be > 0"):
+    with pytest.raises(
+        SagaDefinitionError, match="compensation_timeout_seconds must be a finite number > 0"
+    ):
         SagaStep("a", noop, noop, compensation_timeout_seconds=0)

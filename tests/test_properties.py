@@ -85,7 +85,9 @@ TERMINAL_EVENTS = {
 
 
 class BusinessError(Exception):
-    """A refusal: the service did nothing (not retryable by default)."""
+    """A declared refusal: the service did nothing (not retryable by default)."""
+
+    refused = True
 
 
 class Crash(BaseException):

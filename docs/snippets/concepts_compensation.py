@@ -10,18 +10,19 @@ from saga_orchestrator import (
     RetryPolicy,
     SagaOrchestrator,
     SagaStep,
+    StepRefusedError,
     current_step,
 )
 from saga_orchestrator.testing import ManualClock
 
 
-class CardDeclined(Exception):
-    """A business answer: not retried, and the charge did not happen."""
+class CardDeclined(StepRefusedError):
+    """A refusal: not retried, and the charge did not happen, so there is nothing to refund."""
 
 
 @dataclass
 class OrderData:
-    charge_fails_with: str  # "nothing", "declined", "timeout", "connection", "one glitch"
+    charge_fails_with: str  # "nothing", "one glitch", "declined", "a bug", "timeout", ...
 
 
 class Inventory:
@@ -59,6 +60,10 @@ class OrderSaga(BaseSaga[OrderData]):
         failure = data.charge_fails_with
         if failure == "declined":
             raise CardDeclined("insufficient funds")
+        if failure == "a bug":
+            # The card was charged; then the code reading the reply breaks.
+            reply: dict[str, str] = {}
+            print("  (charged)", reply["payment_id"])
         if failure == "timeout":
             await anyio.sleep(1)  # longer than timeout_seconds
         if failure == "connection" or (failure == "one glitch" and current_step().attempt == 1):
@@ -91,7 +96,7 @@ async def main() -> None:
     )
     orchestrator.register("order", lambda data: OrderSaga(data, inventory))
 
-    for failure in ("nothing", "one glitch", "declined", "timeout", "connection"):
+    for failure in ("nothing", "one glitch", "declined", "a bug", "timeout", "connection"):
         saga = OrderSaga(OrderData(charge_fails_with=failure), inventory)
         result = await orchestrator.execute(saga)
         report(f"charge fails with {failure}:", result.status.value, saga.calls)

@@ -45,6 +45,8 @@ def show(context: SagaContext[Any]) -> None:
 class ShippingRefused(Exception):
     """A business answer: not retried, and the step did not act."""
 
+    refused = True  # a declared refusal: the step did nothing, so it is not undone
+
 
 @dataclass
 class OrderData:

@@ -24,6 +24,8 @@ class TransferData:
 class CardDeclined(Exception):
     """A business answer: not retried, and the step did not act."""
 
+    refused = True  # a declared refusal: the step did nothing, so it is not undone
+
 
 class TransferSaga(BaseSaga[TransferData]):
     saga_type = "transfer"

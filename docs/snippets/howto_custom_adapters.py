@@ -187,6 +187,8 @@ class RefundData:
 class AccountClosed(Exception):
     """A business answer: the step did not act."""
 
+    refused = True  # a declared refusal: the step did nothing, so it is not undone
+
 
 class RefundSaga(BaseSaga[RefundData]):
     saga_type = "refund"

@@ -24,6 +24,8 @@ class TripData:
 class NoRooms(Exception):
     """A business answer: not retried."""
 
+    refused = True  # a declared refusal: the step did nothing, so it is not undone
+
 
 class TripSaga(BaseSaga[TripData]):
     saga_type = "trip"

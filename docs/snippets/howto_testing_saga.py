@@ -27,9 +27,13 @@ class CheckoutData:
 class CardDeclined(Exception):
     """A business answer: not retried, and the step did not act."""
 
+    refused = True  # a declared refusal: the step did nothing, so it is not undone
+
 
 class NoCourier(Exception):
     """A business answer: no courier can take the parcel."""
+
+    refused = True  # a declared refusal: the step did nothing, so it is not undone
 
 
 class Services(Protocol):

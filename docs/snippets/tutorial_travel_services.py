@@ -17,6 +17,8 @@ CARD_LIMIT = Decimal("1500.00")
 class CardDeclined(Exception):
     """The bank's answer, not a glitch: retrying will not change it."""
 
+    refused = True  # a declared refusal: the step did nothing, so it is not undone
+
 
 class Airline:
     def __init__(self) -> None:

@@ -27,6 +27,7 @@ from .errors import (
     SagaError,
     SagaLeaseError,
     SerializationError,
+    StepRefusedError,
 )
 from .events import SagaEvent, SagaEventType
 from .orchestrator import SagaOrchestrator
@@ -40,7 +41,7 @@ from .protocols import (
     SagaRepository,
 )
 from .registry import SagaRegistry
-from .retry import RetryPolicy
+from .retry import RetryPolicy, is_refusal
 from .runtime import Phase, StepRun, current_step
 from .state import SagaContext, SagaResult, SagaStatus, StepState, StepStatus
 from .worker import SagaWorker
@@ -86,8 +87,10 @@ __all__ = [
     "SagaStep",
     "SagaWorker",
     "SerializationError",
+    "StepRefusedError",
     "StepRun",
     "StepState",
     "StepStatus",
     "current_step",
+    "is_refusal",
 ]

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
+import math
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, Generic, TypeVar
 from uuid import uuid4
 
@@ -47,29 +50,84 @@ class SagaStep(Generic[T]):
     compensation_timeout_seconds: float | None = None
     """Per compensation attempt; ``None`` uses ``timeout_seconds``. A compensation that times
     out is retried like any failed one, so a hung call cannot hold the saga forever."""
+    refusals: tuple[type[BaseException], ...] = ()
+    """Exception types that, raised by this step's action, are *refusals*: the service said no
+    before doing anything, so the failed step is not compensated. Any other failure may have
+    acted and is compensated. Exceptions marked ``refused = True`` (such as
+    [`StepRefusedError`][saga_orchestrator.errors.StepRefusedError]) are refusals for every
+    step; see [`is_refusal`][saga_orchestrator.retry.is_refusal]."""
 
     def __post_init__(self) -> None:
         """Check the step as it is built.
 
-        Raises [`SagaDefinitionError`][] for an empty or over-long name, an uncallable action
-        or compensation, or a timeout that is not positive.
+        Raises [`SagaDefinitionError`][] for an empty or over-long name, an action or
+        compensation that is not an ``async def`` function (or other coroutine function), a
+        timeout that is not a positive finite number, or ``refusals`` that are not exception
+        classes.
         """
         if not isinstance(self.name, str) or not self.name.strip():
             raise SagaDefinitionError(f"step name must be a non-empty string, got {self.name!r}")
         if len(self.name) > 200:
             raise SagaDefinitionError(f"step name is longer than 200 characters: {self.name!r}")
-        if not callable(self.action):
-            raise SagaDefinitionError(f"step {self.name!r}: action is not callable", step=self.name)
-        if self.compensation is not None and not callable(self.compensation):
-            raise SagaDefinitionError(
-                f"step {self.name!r}: compensation is not callable", step=self.name
-            )
+        _check_coroutine_function(self.name, "action", self.action)
+        if self.compensation is not None:
+            _check_coroutine_function(self.name, "compensation", self.compensation)
         for name in ("timeout_seconds", "compensation_timeout_seconds"):
             value = getattr(self, name)
-            if value is not None and not value > 0:
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float):
                 raise SagaDefinitionError(
-                    f"step {self.name!r}: {name} must be > 0, got {value}", step=self.name
+                    f"step {self.name!r}: {name} must be a number of seconds, got {value!r}",
+                    step=self.name,
                 )
+            if not (value > 0 and math.isfinite(value)):
+                raise SagaDefinitionError(
+                    f"step {self.name!r}: {name} must be a finite number > 0 (None for no "
+                    f"limit), got {value}",
+                    step=self.name,
+                )
+        given: Any = self.refusals
+        if isinstance(given, type):
+            given = (given,)
+        try:
+            refusals: tuple[object, ...] = tuple(given)
+        except TypeError:
+            raise SagaDefinitionError(
+                f"step {self.name!r}: refusals must be a tuple of exception classes, "
+                f"got {self.refusals!r}",
+                step=self.name,
+            ) from None
+        for kind in refusals:
+            if not (isinstance(kind, type) and issubclass(kind, BaseException)):
+                raise SagaDefinitionError(
+                    f"step {self.name!r}: refusals must be exception classes, got {kind!r}",
+                    step=self.name,
+                )
+        object.__setattr__(self, "refusals", refusals)
+
+
+def _is_coroutine_function(fn: object) -> bool:
+    """Whether calling ``fn`` gives a coroutine: ``async def`` functions and methods, partials
+    of them, and objects whose ``__call__`` is one (``AsyncMock`` included)."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    if inspect.iscoroutinefunction(fn):
+        return True
+    call = getattr(type(fn), "__call__", None)  # noqa: B004 - the class's, not the instance's
+    return call is not None and not inspect.isfunction(fn) and inspect.iscoroutinefunction(call)
+
+
+def _check_coroutine_function(step: str, role: str, fn: object) -> None:
+    if not callable(fn):
+        raise SagaDefinitionError(f"step {step!r}: {role} is not callable", step=step)
+    if not _is_coroutine_function(fn):
+        name = getattr(fn, "__qualname__", None) or type(fn).__name__
+        raise SagaDefinitionError(
+            f"step {step!r}: {role} {name} is not a coroutine function; declare it with "
+            f"`async def` (a plain function would run its effect, then fail when awaited)",
+            step=step,
+        )
 
 
 _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
@@ -122,8 +180,22 @@ class BaseSaga(ABC, Generic[T]):
                 f"{saga_type}: saga data must be a dataclass instance, got {type(data).__name__}"
             )
         timeout = type(self).timeout_minutes
-        if timeout is not None and not timeout > 0:
-            raise SagaDefinitionError(f"{saga_type}: timeout_minutes must be > 0, got {timeout}")
+        if timeout is not None and (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not (timeout > 0 and math.isfinite(timeout))
+        ):
+            raise SagaDefinitionError(
+                f"{saga_type}: timeout_minutes must be a finite number > 0 (None for no "
+                f"deadline), got {timeout!r}"
+            )
+        if timeout is not None:
+            try:
+                datetime.now(UTC) + timedelta(minutes=timeout)
+            except OverflowError:
+                raise SagaDefinitionError(
+                    f"{saga_type}: timeout_minutes={timeout!r} puts the deadline past the year 9999"
+                ) from None
         self._steps = self._validated_steps(saga_type)
         now = datetime.now(UTC)
         self.context = SagaContext(

@@ -2,8 +2,9 @@
 
 Everything the library raises derives from [`SagaError`][saga_orchestrator.errors.SagaError].
 Errors raised by *your* step actions are not wrapped: the orchestrator classifies them (see
-[`is_retryable`][saga_orchestrator.retry.is_retryable]) and records
-``"ExceptionType: message"`` as the step's error.
+[`is_retryable`][saga_orchestrator.retry.is_retryable] and
+[`is_refusal`][saga_orchestrator.retry.is_refusal]) and records ``"ExceptionType: message"``
+as the step's error.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ __all__ = [
     "SagaNotFoundError",
     "SagaStateError",
     "SerializationError",
+    "StepRefusedError",
     "UnknownSagaTypeError",
 ]
 
@@ -74,11 +76,33 @@ class RetryableError(SagaError):
 
 
 class NonRetryableError(SagaError):
-    """Raise from a step action for a business outcome (a declined card): fails at once."""
+    """Raise from a step action for a failure that another attempt cannot fix: fails at once.
+
+    It says nothing about whether the step acted, so the step is still compensated. For "the
+    service said no and did nothing" raise
+    [`StepRefusedError`][saga_orchestrator.errors.StepRefusedError].
+    """
 
     retryable = False
     """Not retried (unless a policy's ``retryable_errors`` lists the class): the step fails at
-    once and, as it did not act, is not compensated."""
+    once and, since it may have acted, is compensated."""
+
+
+class StepRefusedError(NonRetryableError):
+    """Raise from a step action (or derive your service's errors from it) for a *refusal*: a
+    business answer given before anything was done, such as a declined card or stock that
+    is not there.
+
+    A refusal is the only failure that proves a step did not act, so a step that fails with
+    one is not compensated. Any other failure may have acted (a bug after the charge, a lost
+    reply), so its step is compensated. An exception of your own can declare itself a refusal
+    without deriving from this class, with a ``refused = True`` class attribute, and a step
+    can list refusals of its own in ``SagaStep(refusals=...)``; see
+    [`is_refusal`][saga_orchestrator.retry.is_refusal].
+    """
+
+    refused = True
+    """The marker the orchestrator reads: the step did not act."""
 
 
 class SagaDefinitionError(SagaError, TypeError):

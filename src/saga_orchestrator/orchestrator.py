@@ -35,7 +35,7 @@ from .protocols import (
     StepInterceptor,
 )
 from .registry import SagaFactory, SagaRegistry
-from .retry import DEFAULT_COMPENSATION_RETRY, DEFAULT_RETRY, RetryPolicy
+from .retry import DEFAULT_COMPENSATION_RETRY, DEFAULT_RETRY, RetryPolicy, is_refusal
 from .runtime import Phase, StepRun, SystemClock, _current
 from .serialization import dumps, encode_context, encode_value, loads
 from .state import ACTIVE_STATUSES, SagaContext, SagaResult, SagaStatus, StepState, StepStatus
@@ -811,6 +811,7 @@ class SagaOrchestrator:
             idempotency_key=context.idempotency_key(
                 step.name, compensation=phase is Phase.COMPENSATION
             ),
+            fencing_token=context.version,
         )
         timeout = step.timeout_seconds
         if phase is Phase.COMPENSATION and step.compensation_timeout_seconds is not None:
@@ -839,10 +840,8 @@ class SagaOrchestrator:
         except Exception as exc:
             seconds = time.perf_counter() - started
             retryable = policy.should_retry(exc) if policy is not None else True
-            if isinstance(exc, TimeoutError) and timeout is not None:
-                text = f"TimeoutError: no result within {timeout:g}s"
-            else:
-                text = _describe(exc)
+            timed_out = isinstance(exc, TimeoutError) and timeout is not None
+            text = f"TimeoutError: no result within {timeout:g}s" if timed_out else _describe(exc)
             event = "saga.step.failed" if phase is Phase.ACTION else "saga.compensation.failed"
             logger.warning(
                 "%s: %s %s attempt %d: %s",
@@ -859,9 +858,12 @@ class SagaOrchestrator:
                     "attempt": attempt,
                 },
             )
-            # A business refusal means the step did not act; after a timeout or a transient
-            # error nobody knows, so the step counts as possibly done.
-            effect_possible = retryable or isinstance(exc, TimeoutError | ConnectionError)
+            # Only a declared refusal proves that the step did not act. After anything else (a
+            # timeout, a lost connection, a bug after the charge) nobody knows, so the step
+            # counts as possibly done and is compensated.
+            effect_possible = (
+                phase is Phase.COMPENSATION or timed_out or not is_refusal(exc, step.refusals)
+            )
             failure = _Failure(text=text, retryable=retryable, effect_possible=effect_possible)
             return _Outcome(failure, seconds)
         finally:

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import math
 import random
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
-__all__ = ["DEFAULT_COMPENSATION_RETRY", "DEFAULT_RETRY", "RetryPolicy", "is_retryable"]
+__all__ = [
+    "DEFAULT_COMPENSATION_RETRY",
+    "DEFAULT_RETRY",
+    "RetryPolicy",
+    "is_refusal",
+    "is_retryable",
+]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -34,13 +42,24 @@ class RetryPolicy:
     """Exception types never to retry, even where the defaults would."""
 
     def __post_init__(self) -> None:
-        """Check the fields; raises ``ValueError`` for an impossible policy."""
+        """Check the fields; raises ``ValueError`` for an impossible policy (a count below 1,
+        a negative, NaN or infinite number of seconds, ...)."""
+        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int):
+            raise ValueError(f"max_attempts must be an integer, got {self.max_attempts!r}")
         if self.max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
+        for name in ("initial_backoff_seconds", "max_backoff_seconds", "backoff_coefficient"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"{name} must be a number, got {value!r}")
+            if not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value}")
         if self.initial_backoff_seconds < 0 or self.max_backoff_seconds < 0:
             raise ValueError("backoff seconds must be >= 0")
         if self.backoff_coefficient < 1:
             raise ValueError(f"backoff_coefficient must be >= 1, got {self.backoff_coefficient}")
+        if isinstance(self.jitter_ratio, bool) or not isinstance(self.jitter_ratio, int | float):
+            raise ValueError(f"jitter_ratio must be a number, got {self.jitter_ratio!r}")
         if not 0 <= self.jitter_ratio <= 1:
             raise ValueError(f"jitter_ratio must be within [0, 1], got {self.jitter_ratio}")
 
@@ -68,12 +87,28 @@ def is_retryable(error: BaseException) -> bool:
 
     An exception with a boolean ``retryable`` attribute decides for itself (every
     [`SagaError`][saga_orchestrator.errors.SagaError] has one). Anything else, such as a
-    ``PaymentDeclinedError`` of your own, is a business outcome and fails at once.
+    ``PaymentDeclinedError`` or a ``KeyError``, fails the step at once. Whether that step is
+    then compensated is another question, answered by [`is_refusal`][].
     """
     flag = getattr(error, "retryable", None)
     if isinstance(flag, bool):
         return flag
     return isinstance(error, TimeoutError | ConnectionError)
+
+
+def is_refusal(error: BaseException, declared: Collection[type[BaseException]] = ()) -> bool:
+    """Whether ``error`` is a declared *refusal*: proof that the failed step did not act.
+
+    True when ``error`` is an instance of one of the ``declared`` types (a step's
+    ``SagaStep.refusals``), or carries a ``refused`` attribute that is ``True`` (every
+    [`StepRefusedError`][saga_orchestrator.errors.StepRefusedError] does; so can an exception
+    class of your own). Everything else (a programming error, a timeout, a lost connection,
+    an error of unknown meaning) may have happened after the step's effect, so the step is
+    compensated.
+    """
+    if declared and isinstance(error, tuple(declared)):
+        return True
+    return getattr(error, "refused", None) is True
 
 
 DEFAULT_RETRY = RetryPolicy()

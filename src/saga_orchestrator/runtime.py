@@ -41,6 +41,13 @@ class StepRun:
 
     ``"{saga_id}:{step}"`` for the action, ``"{saga_id}:{step}:compensate"`` for the
     compensation."""
+    fencing_token: int = 0
+    """Grows with every recorded transition of the saga: the saga's stored version when this
+    attempt was recorded as started. Pass it to the services you call, and let them refuse a
+    call whose token is *lower* than one they have already seen for the same saga (or order):
+    that call comes from a process that was frozen or cut off while another took the saga
+    over. Two calls of one attempt, or of a retry in the same process, never go down. ``0``
+    outside a recorded run (the spec's ``_execute_step`` helper)."""
 
 
 _current: ContextVar[StepRun | None] = ContextVar("saga_orchestrator_step", default=None)

@@ -1027,8 +1027,19 @@ class PostgresSagaRepository(_PostgresBase):
         unreachable) or find the lease taken over, the body is cancelled while the lease is
         still valid, so another process that takes the saga over never overlaps it. The
         orchestrator calls this around every action and compensation.
+
+        The lease is checked once more before the body starts: a process that was frozen
+        (SIGSTOP, a long GC pause, a suspended VM) past its lease's deadline raises
+        ``SagaLeaseError`` here instead of calling the action at all.
         """
         lease = self._leases.get(saga_id)
+        if lease is not None and asyncio.get_running_loop().time() >= lease.deadline:
+            self._lose(saga_id)
+            raise SagaLeaseError(
+                saga_id,
+                f"saga {saga_id}: {self.owner}'s lease ran out before the step could start; "
+                "the step was not called",
+            )
         scope = anyio.CancelScope(deadline=lease.deadline if lease is not None else math.inf)
         if lease is not None:
             lease.scopes.add(scope)
