@@ -31,6 +31,12 @@ from saga_orchestrator.protocols import SagaRepository
 from tests.sagas import TripData, TripSaga
 
 
+class NotAvailable(Exception):
+    """A declared refusal: the service had nothing to give, so the step did not act."""
+
+    refused = True
+
+
 class Crash(BaseException):
     """Stands for the process dying: not an Exception, so the engine records nothing more."""
 
@@ -38,7 +44,8 @@ class Crash(BaseException):
 @dataclass
 class Settings:
     failing_actions: set[str] = field(default_factory=set)
-    """Steps whose action refuses (ValueError: not retryable, so the saga compensates)."""
+    """Steps whose action refuses (NotAvailable: a refusal, so the saga compensates the steps
+    before it)."""
     failing_compensations: set[str] = field(default_factory=set)
     """Steps whose compensation raises RuntimeError (the refund API is down)."""
     crashing_compensations: set[str] = field(default_factory=set)
@@ -65,7 +72,7 @@ async def _action(step: str, attempt: int) -> dict[str, Any] | None:
         SETTINGS.entered.set()
         await anyio.sleep_forever()
     if step in SETTINGS.failing_actions:
-        raise ValueError(f"no {step} available")
+        raise NotAvailable(f"no {step} available")
     return {step: f"{step}-ref"}
 
 

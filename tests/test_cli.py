@@ -249,7 +249,7 @@ def test_show_a_compensated_saga_timeline(
     out = capsys.readouterr().out
     assert f"saga            {ids.compensated}" in out
     assert "status          compensated" in out
-    assert "error           car: ValueError: no car available" in out
+    assert "error           car: NotAvailable: no car available" in out
     assert "version         " in out
     lines = out.splitlines()
     flight = lines.index(next(line for line in lines if "1. flight" in line))
@@ -262,7 +262,7 @@ def test_show_a_compensated_saga_timeline(
     car = lines.index(next(line for line in lines if "3. car" in line))
     assert "failed" in lines[car]
     assert "took" not in lines[car]
-    assert lines[car + 1].strip() == "error: ValueError: no car available"
+    assert lines[car + 1].strip() == "error: NotAvailable: no car available"
     assert "<- current" not in out
     data = json.loads("\n".join(lines[lines.index("data") + 1 :]))
     assert data["price"] == "10.00"
@@ -307,7 +307,7 @@ def test_show_json_is_the_whole_record(
         **car,
         "status": "failed",
         "attempts": 1,
-        "error": "ValueError: no car available",
+        "error": "NotAvailable: no car available",
         "effect_possible": False,
         "duration_seconds": None,
     }
@@ -366,6 +366,33 @@ def test_retry_compensates_a_failed_saga_once_the_cause_is_fixed(
     assert capsys.readouterr().out == f"saga {ids.failed} (trip): compensated\n"
     assert cli_app.SETTINGS.log == ["undo-hotel#1", "undo-flight#1"]
     assert statuses(db, ids.failed) == ("compensated", ["compensated", "compensated", "failed"])
+
+
+def test_show_after_retry_keeps_the_error_history(
+    db: Path, ids: Ids, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After a successful retry, `show` still tells of the compensation that failed."""
+    assert main(["--app", APP, "--db", str(db), "retry", str(ids.failed)]) == 0
+    capsys.readouterr()
+    assert main(["--db", str(db), "show", str(ids.failed)]) == 0
+    out = capsys.readouterr().out
+    assert "error           car: NotAvailable: no car available\n" in out
+    history = out.split("\nerror history\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert [line.split(None, 2)[1:] for line in history] == [
+        ["compensating", "car: NotAvailable: no car available"],
+        [
+            "compensation_failed",
+            "compensating hotel failed after 1 attempt: RuntimeError: cannot undo hotel: API down",
+        ],
+        ["retried", "retried: compensating hotel again"],
+    ]
+    assert main(["--db", str(db), "show", "--json", str(ids.failed)]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert [r["kind"] for r in record["error_history"]] == [
+        "compensating",
+        "compensation_failed",
+        "retried",
+    ]
 
 
 def test_retry_while_the_compensation_still_fails(

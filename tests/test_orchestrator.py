@@ -216,6 +216,46 @@ async def test_failing_compensation_leaves_saga_failed_then_retry_finishes(
     retried = await orch.retry(result.saga_id)
     assert retried.status is SagaStatus.COMPENSATED
     assert log == ["undo-hotel#1", "undo-flight#1"]
+    assert retried.error == "car: NoCars: no cars"
+
+
+async def test_retry_keeps_the_whole_error_history(saga_repo: SagaRepository) -> None:
+    """After a successful retry(), the stored history still has the compensation's failure."""
+    broken = {"on": True}
+
+    async def refund(step: str, attempt: int) -> None:
+        if broken["on"]:
+            raise RuntimeError("refund API down")
+
+    saga = TripSaga(
+        TripData(),
+        behaviour={"car": always(NoCars("no cars"))},
+        compensation_behaviour={"hotel": refund},
+    )
+    orch = orchestrator(saga_repo, compensation_retry=RetryPolicy(max_attempts=2))
+    orch.register("trip", lambda data: TripSaga(data, compensation_behaviour={"hotel": refund}))
+    result = await orch.execute(saga)
+    assert result.status is SagaStatus.FAILED
+    first = await orch.retry(result.saga_id)  # still broken: fails again
+    assert first.status is SagaStatus.FAILED
+    broken["on"] = False
+    final = await orch.retry(result.saga_id)
+    assert final.status is SagaStatus.COMPENSATED
+
+    stored = await saga_repo.get(result.saga_id)
+    assert stored is not None
+    history = [(r.kind.value, r.step, r.message) for r in stored.error_history]
+    failure = "compensating hotel failed after 2 attempts: RuntimeError: refund API down"
+    assert history == [
+        ("compensating", "car", "car: NoCars: no cars"),
+        ("compensation_failed", "hotel", failure),
+        ("retried", "hotel", "retried: compensating hotel again"),
+        ("compensation_failed", "hotel", failure),
+        ("retried", "hotel", "retried: compensating hotel again"),
+    ]
+    assert all(r.at is not None and r.at.tzinfo is not None for r in stored.error_history)
+    assert stored.error == "car: NoCars: no cars"
+    assert final.error_history == tuple(stored.error_history)
 
 
 async def test_retry_refuses_a_saga_that_is_not_failed(saga_repo: SagaRepository) -> None:

@@ -38,7 +38,16 @@ from .registry import SagaFactory, SagaRegistry
 from .retry import DEFAULT_COMPENSATION_RETRY, DEFAULT_RETRY, RetryPolicy, is_refusal
 from .runtime import Phase, StepRun, SystemClock, _current
 from .serialization import dumps, encode_context, encode_value, loads
-from .state import ACTIVE_STATUSES, SagaContext, SagaResult, SagaStatus, StepState, StepStatus
+from .state import (
+    ACTIVE_STATUSES,
+    ErrorKind,
+    ErrorRecord,
+    SagaContext,
+    SagaResult,
+    SagaStatus,
+    StepState,
+    StepStatus,
+)
 
 __all__ = ["SagaOrchestrator"]
 
@@ -334,8 +343,29 @@ class SagaOrchestrator:
         )
         pending = _Pending()
         context.status = SagaStatus.COMPENSATING
-        if context.error:  # back to why the saga compensates; the step keeps its own error
+        # Back to why the saga compensates (the step keeps its own error); the history keeps
+        # the compensation's failure and records this retry.
+        cause = next(
+            (r for r in reversed(context.error_history) if r.kind is ErrorKind.COMPENSATING),
+            None,
+        )
+        if cause is not None:
+            context.error = cause.message
+        elif context.error:  # stored before the history existed
             context.error = context.error.split(_COMPENSATION_FAILED, 1)[0]
+        failed_step = context.steps[index].name if index is not None else None
+        context.error_history.append(
+            ErrorRecord(
+                kind=ErrorKind.RETRIED,
+                message=(
+                    f"retried: compensating {failed_step} again"
+                    if failed_step is not None
+                    else "retried"
+                ),
+                at=self.clock.now(),
+                step=failed_step,
+            )
+        )
         pending.add(SagaEventType.COMPENSATION_STARTED, error=context.error)
         if index is None or not self._begin_next_compensation(context, index, pending, reset=True):
             self._finish_compensation(context, pending)
@@ -647,6 +677,14 @@ class SagaOrchestrator:
     ) -> None:
         context.status = SagaStatus.COMPENSATING
         context.error = error
+        context.error_history.append(
+            ErrorRecord(
+                kind=ErrorKind.COMPENSATING,
+                message=error,
+                at=self.clock.now(),
+                step=context.steps[index].name,
+            )
+        )
         pending.add(SagaEventType.COMPENSATION_STARTED, error=error)
         if not self._begin_next_compensation(context, index, pending):
             self._finish_compensation(context, pending)
@@ -747,9 +785,15 @@ class SagaOrchestrator:
         """The saga stops, FAILED, with the compensations still owed left as they are."""
         state.status = StepStatus.COMPENSATION_FAILED
         context.status = SagaStatus.FAILED
-        context.error = (
-            f"{context.error}{_COMPENSATION_FAILED}{state.name} failed after "
-            f"{_attempts(state.compensation_attempts)}: {error}"
+        failure = f"{state.name} failed after {_attempts(state.compensation_attempts)}: {error}"
+        context.error = f"{context.error}{_COMPENSATION_FAILED}{failure}"
+        context.error_history.append(
+            ErrorRecord(
+                kind=ErrorKind.COMPENSATION_FAILED,
+                message=f"compensating {failure}",
+                at=self.clock.now(),
+                step=state.name,
+            )
         )
         pending.add(
             SagaEventType.SAGA_FAILED,

@@ -16,7 +16,15 @@ from uuid import UUID
 if TYPE_CHECKING:
     from .definitions import BaseSaga
 
-__all__ = ["SagaContext", "SagaResult", "SagaStatus", "StepState", "StepStatus"]
+__all__ = [
+    "ErrorKind",
+    "ErrorRecord",
+    "SagaContext",
+    "SagaResult",
+    "SagaStatus",
+    "StepState",
+    "StepStatus",
+]
 
 T = TypeVar("T")
 
@@ -67,6 +75,31 @@ class StepStatus(StrEnum):
     """Its compensation succeeded."""
     COMPENSATION_FAILED = "compensation_failed"
     """Its compensation kept failing."""
+
+
+class ErrorKind(StrEnum):
+    """What an [`ErrorRecord`][saga_orchestrator.state.ErrorRecord] records."""
+
+    COMPENSATING = "compensating"
+    """The saga turned to compensating, and why (a step failed, the deadline, a cancel)."""
+    COMPENSATION_FAILED = "compensation_failed"
+    """A compensation used up its attempts: the saga stopped, ``failed``."""
+    RETRIED = "retried"
+    """An operator retried the failed compensation (``SagaOrchestrator.retry``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorRecord:
+    """One entry of a saga's error history: what went wrong, or what was done about it."""
+
+    kind: ErrorKind
+    """What happened."""
+    message: str
+    """For people: the error, as ``"step: ExceptionType: message"`` or a sentence."""
+    at: datetime | None = None
+    """When it was recorded."""
+    step: str | None = None
+    """The step concerned, if any."""
 
 
 @dataclass(slots=True)
@@ -145,6 +178,10 @@ class SagaContext(Generic[T]):
     """Stored version, for optimistic concurrency. 0 until first stored."""
     event_sequence: int = 0
     """Sequence number of the last lifecycle event this saga emitted."""
+    error_history: list[ErrorRecord] = field(default_factory=list)
+    """Everything that went wrong, and every operator retry, in order. ``error`` says why the
+    saga did not complete *now*; this keeps the whole story, also after a successful
+    ``retry()`` (empty for sagas stored before 0.2, and for sagas that never failed)."""
     _saga: BaseSaga[T] | None = field(default=None, repr=False)
 
     @property
@@ -188,6 +225,9 @@ class SagaResult(Generic[T]):
     """The saga's business key, if any."""
     steps: tuple[StepState, ...]
     """A copy of every step's record, in definition order."""
+    error_history: tuple[ErrorRecord, ...] = ()
+    """Everything that went wrong, and every operator retry, in order (see
+    ``SagaContext.error_history``)."""
 
     @property
     def succeeded(self) -> bool:
@@ -205,4 +245,5 @@ class SagaResult(Generic[T]):
             error=context.error,
             correlation_id=context.correlation_id,
             steps=tuple(s.copy() for s in context.steps),
+            error_history=tuple(context.error_history),
         )

@@ -119,14 +119,22 @@ class InMemorySagaRepository:
         return [decode_context(row.state) for row in selected[:limit]]
 
     async def list_saga_ids(
-        self, *, statuses: Collection[SagaStatus] | None = None, limit: int = 1000
+        self,
+        *,
+        statuses: Collection[SagaStatus] | None = None,
+        saga_type: str | None = None,
+        limit: int = 1000,
     ) -> list[UUID]:
-        """Ids of stored sagas, oldest first, without reading their state."""
+        """Ids of stored sagas, oldest first, without reading their state (the same
+        selection as ``list_sagas``)."""
         await checkpoint()
         rows = sorted(self._rows.items(), key=lambda item: item[1].order)
-        return [saga_id for saga_id, row in rows if statuses is None or row.status in statuses][
-            :limit
-        ]
+        return [
+            saga_id
+            for saga_id, row in rows
+            if (statuses is None or row.status in statuses)
+            and (saga_type is None or row.saga_type == saga_type)
+        ][:limit]
 
     async def count_by_status(
         self, statuses: Collection[SagaStatus]

@@ -912,15 +912,25 @@ class PostgresSagaRepository(_PostgresBase):
         return [decode_context(row[0]) for row in rows]
 
     async def list_saga_ids(
-        self, *, statuses: Collection[SagaStatus] | None = None, limit: int = 1000
+        self,
+        *,
+        statuses: Collection[SagaStatus] | None = None,
+        saga_type: str | None = None,
+        limit: int = 1000,
     ) -> list[UUID]:
-        """Ids of stored sagas, oldest first, without decoding their state."""
+        """Ids of stored sagas, oldest first, without decoding their state: the same
+        selection as ``list_sagas``, so that a caller can read them one by one and get past
+        a row that cannot be decoded."""
         clauses: list[sql.Composable] = []
+        params: list[Any] = []
         if statuses is not None:
             if not statuses:
                 return []
             clauses.append(sql.SQL("status IN ({})").format(_status_list(statuses)))
-        rows = await self._db.fetchall(self._select("saga_id", clauses), [int(limit)])
+        if saga_type is not None:
+            clauses.append(sql.SQL("saga_type = %s"))
+            params.append(saga_type)
+        rows = await self._db.fetchall(self._select("saga_id", clauses), [*params, int(limit)])
         return [row[0] for row in rows]
 
     def _select(self, column: str, clauses: list[sql.Composable]) -> sql.Composed:

@@ -405,17 +405,29 @@ class SQLiteSagaRepository(_SQLiteBase):
         return [self._decode(row[0]) for row in rows]
 
     async def list_saga_ids(
-        self, *, statuses: Collection[SagaStatus] | None = None, limit: int = 1000
+        self,
+        *,
+        statuses: Collection[SagaStatus] | None = None,
+        saga_type: str | None = None,
+        limit: int = 1000,
     ) -> list[UUID]:
-        """Ids of stored sagas, oldest first, without decoding their state."""
-        where = ""
+        """Ids of stored sagas, oldest first, without decoding their state: the same
+        selection as ``list_sagas``, so that a caller can read them one by one and get past
+        a row that cannot be decoded."""
+        clauses: list[str] = []
+        params: list[Any] = []
         if statuses is not None:
             if not statuses:
                 return []
-            where = f" WHERE {_status_filter(statuses)}"
+            clauses.append(_status_filter(statuses))
+        if saga_type is not None:
+            clauses.append("saga_type = ?")
+            params.append(saga_type)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        params.append(int(limit))
         rows = await self._db.read(
             lambda c: c.execute(
-                f"SELECT saga_id FROM sagas{where} ORDER BY rowid LIMIT ?", [int(limit)]
+                f"SELECT saga_id FROM sagas{where} ORDER BY rowid LIMIT ?", params
             ).fetchall()
         )
         return [UUID(row[0]) for row in rows]

@@ -35,8 +35,15 @@ with ``python -m``).
 them (after a crash, with the service stopped). ``retry`` and ``cancel`` are safe at any time:
 a service driving the same saga sees the stored version move and stops.
 
+A saga whose stored state cannot be read (a corrupt row, data written by other code) does not
+hide the others: ``list`` shows the readable ones and names each unreadable one on stderr (with
+``--json``, as an entry ``{"saga_id": ..., "unreadable": "<what is wrong>"}`` in the array),
+``recover`` resumes the others and names each saga it could not read or resume, and ``show``
+of an unreadable saga says what is wrong; each then exits 1.
+
 Exit status: 0 success, 1 the operation failed (unknown saga, wrong status, compensation
-still failing), 2 bad usage, 130 interrupted (what was recorded stands; ``recover`` resumes).
+still failing, a stored saga that cannot be read or resumed), 2 bad usage, 130 interrupted
+(what was recorded stands; ``recover`` resumes).
 """
 
 from __future__ import annotations

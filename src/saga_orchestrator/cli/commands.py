@@ -5,25 +5,30 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import inspect
 import json
+import logging
 import sqlite3
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection, Iterator
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 from ..adapters.sqlite import SQLiteSagaRepository
-from ..errors import SagaError, SagaNotFoundError
+from ..errors import SagaError, SagaNotFoundError, SerializationError
 from ..orchestrator import SagaOrchestrator
 from ..state import ACTIVE_STATUSES, SagaContext, SagaResult, SagaStatus
 from . import render
-from .exits import EXIT_OK, Failed, UsageError
+from .exits import EXIT_OK, PROG, Failed, UsageError
 
 __all__ = [
     "AppFactory",
+    "Unreadable",
+    "read_sagas",
     "run_cancel",
     "run_list",
     "run_recover",
@@ -129,24 +134,146 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
 
 
+def unreadable_reason(error: SerializationError) -> str:
+    """Why a stored saga cannot be read, with a hint when its data's code is not importable."""
+    if "cannot be imported" in str(error):
+        return (
+            f"{error}; run from the directory your saga code is importable from, "
+            "or add it to PYTHONPATH"
+        )
+    return str(error)
+
+
+def _report(message: str) -> None:
+    """One line on stderr, as the runner reports errors, for a command that carries on."""
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+
+
+# ---------------------------------------------------------------------- reading sagas
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A stored saga whose state cannot be decoded: its id, and what is wrong."""
+
+    saga_id: UUID
+    reason: str
+
+
+async def read_sagas(
+    orchestrator: SagaOrchestrator,
+    *,
+    statuses: Collection[SagaStatus] | None,
+    saga_type: str | None,
+    limit: int,
+) -> list[SagaContext[Any] | Unreadable]:
+    """What ``list_sagas`` selects, oldest first, each saga decoded or named as unreadable.
+
+    One query while every row decodes. When one does not, ``list_sagas`` cannot say which or
+    return the others, so the ids are listed (``list_saga_ids``, which the built-in
+    repositories have) and each saga is read on its own, as ``recover()`` does.
+    """
+    try:
+        found = await orchestrator.list_sagas(statuses=statuses, saga_type=saga_type, limit=limit)
+        return list(found)
+    except SerializationError as exc:
+        first = exc
+    repository = orchestrator.repository
+    list_ids = getattr(repository, "list_saga_ids", None)
+    if list_ids is None or (saga_type is not None and not _accepts(list_ids, "saga_type")):
+        raise Failed(
+            f"a stored saga cannot be read ({unreadable_reason(first)}), and "
+            f"{type(repository).__name__} cannot list saga ids"
+            f"{' by type' if list_ids is not None else ''} to read the others one by one"
+        ) from first
+    options: dict[str, Any] = {"statuses": statuses, "limit": limit}
+    if saga_type is not None:
+        options["saga_type"] = saga_type
+    entries: list[SagaContext[Any] | Unreadable] = []
+    for saga_id in await list_ids(**options):
+        try:
+            context = await repository.get(saga_id)
+        except SerializationError as exc:
+            entries.append(Unreadable(saga_id, unreadable_reason(exc)))
+            continue
+        if context is not None:  # else deleted meanwhile
+            entries.append(context)
+    return entries
+
+
+def _accepts(function: Callable[..., Any], name: str) -> bool:
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == name or p.kind is p.VAR_KEYWORD for p in parameters)
+
+
+class _RecoveryFailures(logging.Filter):
+    """Collects the sagas ``recover()`` logs as not resumed (``saga.recovery.failed``), with
+    why. With no logging configured, their records (tracebacks) are dropped: the command
+    names each saga on one line instead."""
+
+    def __init__(self, let_through: bool) -> None:
+        super().__init__()
+        self.let_through = let_through
+        self.failures: dict[str, str] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "event", None) != "saga.recovery.failed":
+            return True
+        error = record.exc_info[1] if record.exc_info else None
+        reason = _describe(error) if error is not None else record.getMessage()
+        if isinstance(error, SerializationError):
+            reason = f"unreadable: {unreadable_reason(error)}"
+        self.failures[str(getattr(record, "saga_id", "?"))] = reason
+        return self.let_through
+
+
+@contextlib.contextmanager
+def _recovery_failures() -> Iterator[_RecoveryFailures]:
+    logger = logging.getLogger("saga_orchestrator")
+    failures = _RecoveryFailures(let_through=logger.hasHandlers())
+    logger.addFilter(failures)
+    try:
+        yield failures
+    finally:
+        logger.removeFilter(failures)
+
+
 # ---------------------------------------------------------------------- commands
 
 
 async def run_list(orchestrator: SagaOrchestrator, args: argparse.Namespace) -> int:
     statuses = {SagaStatus(s) for s in args.status} if args.status else None
     limit: int = args.limit
-    sagas = await orchestrator.list_sagas(statuses=statuses, saga_type=args.saga_type, limit=limit)
+    entries = await read_sagas(
+        orchestrator, statuses=statuses, saga_type=args.saga_type, limit=limit
+    )
     now = datetime.now(UTC)
     older_than: timedelta | None = args.older_than
     if older_than is not None:
         # Oldest first: the sagas old enough come before the others, so `limit` still holds.
-        sagas = [s for s in sagas if s.created_at is not None and now - s.created_at > older_than]
-    summaries = [render.summary(context) for context in sagas]
+        # An unreadable saga's age is unknown: it is always named.
+        entries = [
+            entry
+            for entry in entries
+            if isinstance(entry, Unreadable)
+            or (entry.created_at is not None and render.elapsed(entry.created_at, now) > older_than)
+        ]
+    sagas = [entry for entry in entries if not isinstance(entry, Unreadable)]
+    unreadable = [entry for entry in entries if isinstance(entry, Unreadable)]
     if args.json:
-        print(json.dumps(summaries, indent=2))
-    elif not sagas:
+        documents = [
+            {"saga_id": str(entry.saga_id), "unreadable": entry.reason}
+            if isinstance(entry, Unreadable)
+            else render.summary(entry)
+            for entry in entries
+        ]
+        print(json.dumps(documents, indent=2))
+    elif not entries:
         print("no sagas match", file=sys.stderr)
-    else:
+    elif sagas:
         headers = ["SAGA_ID", "TYPE", "STATUS", "STEP", "AGE", "ERROR"]
         rows = [
             [
@@ -160,8 +287,12 @@ async def run_list(orchestrator: SagaOrchestrator, args: argparse.Namespace) -> 
             for context in sagas
         ]
         print(render.table(headers, rows))
-    if len(sagas) == limit:
+    for entry in unreadable:
+        _report(f"saga {entry.saga_id} is unreadable: {entry.reason}")
+    if len(entries) == limit:
         print(f"showing the first {limit} (oldest); raise --limit to see more", file=sys.stderr)
+    if unreadable:
+        raise Failed(f"{_plural(len(unreadable), 'saga')} cannot be read (named above)")
     return EXIT_OK
 
 
@@ -176,23 +307,36 @@ async def run_show(orchestrator: SagaOrchestrator, args: argparse.Namespace) -> 
 
 
 async def run_retry(orchestrator: SagaOrchestrator, args: argparse.Namespace) -> int:
+    await _get(orchestrator, args.saga_id)  # an unreadable saga is named as such
     result = await orchestrator.retry(args.saga_id)
     return _outcome(result, "compensation still failing")
 
 
 async def run_cancel(orchestrator: SagaOrchestrator, args: argparse.Namespace) -> int:
+    await _get(orchestrator, args.saga_id)  # an unreadable saga is named as such
     result = await orchestrator.cancel(args.saga_id, args.reason)
     return _outcome(result, "compensation failed")
 
 
 async def run_recover(orchestrator: SagaOrchestrator, args: argparse.Namespace) -> int:
-    pending = await orchestrator.list_sagas(statuses=ACTIVE_STATUSES, limit=1_000_000)
+    entries = await read_sagas(
+        orchestrator, statuses=ACTIVE_STATUSES, saga_type=None, limit=1_000_000
+    )
+    pending = [entry for entry in entries if not isinstance(entry, Unreadable)]
+    not_resumed = {
+        str(entry.saga_id): f"unreadable: {entry.reason}"
+        for entry in entries
+        if isinstance(entry, Unreadable)
+    }
     unknown = sorted({s.saga_type for s in pending if s.saga_type not in orchestrator.registry})
-    results = await orchestrator.recover()
+    with _recovery_failures() as failures:
+        results = await orchestrator.recover()
+    for saga_id, reason in failures.failures.items():
+        not_resumed.setdefault(saga_id, reason)
     if not results:
-        print("nothing to recover")
+        print("no saga resumed" if not_resumed else "nothing to recover")
     else:
-        print(f"resumed {len(results)} saga{'s' if len(results) != 1 else ''}")
+        print(f"resumed {_plural(len(results), 'saga')}")
         rows = [
             [
                 str(r.saga_id),
@@ -207,18 +351,28 @@ async def run_recover(orchestrator: SagaOrchestrator, args: argparse.Namespace) 
         skipped = sum(1 for s in pending if s.saga_type in unknown)
         hint = "" if args.app else "; pass --app MODULE:CALLABLE to load their code"
         print(
-            f"skipped {skipped} saga{'s' if skipped != 1 else ''} of unregistered type "
-            f"{', '.join(unknown)}{hint}",
+            f"skipped {_plural(skipped, 'saga')} of unregistered type {', '.join(unknown)}{hint}",
             file=sys.stderr,
         )
+    for saga_id, reason in not_resumed.items():
+        _report(f"saga {saga_id} was not resumed: {reason}")
+    if not_resumed:
+        raise Failed(f"{_plural(len(not_resumed), 'saga')} could not be resumed (named above)")
     return EXIT_OK
 
 
 async def _get(orchestrator: SagaOrchestrator, saga_id: UUID) -> SagaContext[Any]:
-    context = await orchestrator.get(saga_id)
+    try:
+        context = await orchestrator.get(saga_id)
+    except SerializationError as exc:
+        raise Failed(f"saga {saga_id} is unreadable: {unreadable_reason(exc)}") from exc
     if context is None:
         raise SagaNotFoundError(saga_id)
     return context
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def _outcome(result: SagaResult[Any], failure: str) -> int:

@@ -113,7 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG,
         description="Inspect and repair the sagas stored by saga-orchestrator. Exit status: "
-        "0 success, 1 the operation failed, 2 bad usage.",
+        "0 success; 1 the operation failed (unknown saga, wrong status, compensation still "
+        "failing, a stored saga that cannot be read: list and recover name it and carry on "
+        "with the others); 2 bad usage; 130 interrupted.",
         epilog="Run 'saga-orchestrator COMMAND --help' for a command's options.",
         formatter_class=_HelpFormatter,
     )
@@ -131,7 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
         "list",
         "list stored sagas, oldest first",
         "List stored sagas, oldest first: id, type, status, current step (where a running, "
-        "compensating or failed saga is), age since it started, and error.",
+        "compensating or failed saga is), age since it started, and error. A saga whose "
+        "stored state cannot be read is named on stderr (in --json, an entry with its "
+        "saga_id and an 'unreadable' reason) and the others are listed; the exit status is "
+        "then 1.",
     )
     listing.add_argument(
         "--status",
@@ -158,7 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     show = command(
         "show",
         "show one saga: header, step timeline and data",
-        "Show one saga: its header, each step's forward and compensation record, and its data.",
+        "Show one saga: its header, each step's forward and compensation record, and its data. "
+        "Exit 1 if it is not stored or its stored state cannot be read (what is wrong is "
+        "printed).",
     )
     show.add_argument("saga_id", type=_saga_id, metavar="SAGA_ID", help=SAGA_ID_HELP)
     show.add_argument("--json", action="store_true", help="one JSON document instead of text")
@@ -191,7 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
         "resume every unfinished saga",
         "Resume every running or compensating saga from where it stopped and drive it to the "
         "end. Only while no service process is driving them (after a crash, service stopped). "
-        "Needs --app.",
+        "Needs --app. A saga that cannot be read or resumed is named on stderr and the others "
+        "are still resumed; the exit status is then 1.",
     )
     recover.set_defaults(handler=commands.run_recover)
 

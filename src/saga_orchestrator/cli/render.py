@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import fields, is_dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from enum import Enum
 from typing import Any
@@ -18,6 +18,7 @@ __all__ = [
     "current_step",
     "detail",
     "detail_text",
+    "elapsed",
     "summary",
     "table",
     "truncate",
@@ -33,7 +34,9 @@ _COMPENSATION_STATUSES = {
 
 def current_step(context: SagaContext[Any]) -> str | None:
     """Where an unfinished or failed saga is; None once it completed or compensated."""
-    if context.status in (SagaStatus.COMPLETED, SagaStatus.COMPENSATED) or not context.steps:
+    if context.status in (SagaStatus.COMPLETED, SagaStatus.COMPENSATED):
+        return None
+    if not 0 <= context.current_step_index < len(context.steps):
         return None
     return context.steps[context.current_step_index].name
 
@@ -62,6 +65,10 @@ def detail(context: SagaContext[Any]) -> dict[str, Any]:
         "deadline": _iso(context.deadline),
         "version": context.version,
         "steps": [_step(state) for state in context.steps],
+        "error_history": [
+            {"kind": r.kind.value, "step": r.step, "at": _iso(r.at), "message": r.message}
+            for r in context.error_history
+        ],
         "data": _plain(context.data),
     }
 
@@ -144,8 +151,8 @@ def detail_text(context: SagaContext[Any], detail: dict[str, Any], now: datetime
     lines = [f"{label:<15} {value}" for label, value in header]
     lines += ["", "steps"]
     current = current_step(context)
-    name_width = max(len(state.name) for state in context.steps)
-    status_width = max(len(state.status.value) for state in context.steps)
+    name_width = max((len(state.name) for state in context.steps), default=0)
+    status_width = max((len(state.status.value) for state in context.steps), default=0)
     for number, (state, step) in enumerate(zip(context.steps, detail["steps"], strict=True), 1):
         forward = _plural(state.attempts, "attempt")
         if step["duration_seconds"] is not None:
@@ -176,6 +183,11 @@ def detail_text(context: SagaContext[Any], detail: dict[str, Any], now: datetime
             if state.compensation_error:
                 text += f": {state.compensation_error}"
             lines.append(text)
+    if context.error_history:
+        lines += ["", "error history"]
+        for record in context.error_history:
+            at = record.at.isoformat() if record.at is not None else "-"
+            lines.append(f"  {at}  {record.kind.value:<19}  {record.message}")
     lines += ["", "data"]
     lines += [f"  {line}" for line in json.dumps(detail["data"], indent=2).splitlines()]
     return "\n".join(lines)
@@ -194,11 +206,18 @@ def age(since: datetime | None, now: datetime) -> str:
     """How long ago, in its largest whole unit: 45s, 10m, 3h, 2d; "-" when unknown."""
     if since is None:
         return "-"
-    seconds = max((now - since).total_seconds(), 0.0)
+    seconds = max(elapsed(since, now).total_seconds(), 0.0)
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
             return f"{int(seconds // size)}{unit}"
     return f"{int(seconds)}s"
+
+
+def elapsed(since: datetime, now: datetime) -> timedelta:
+    """``now - since``; a naive ``since`` (written by a clock without a time zone) is UTC."""
+    if since.tzinfo is None:
+        since = since.replace(tzinfo=UTC)
+    return now - since
 
 
 def truncate(text: str, width: int) -> str:
