@@ -27,6 +27,8 @@ from saga_orchestrator import SagaStatus, SagaStep
 class NoCarrierError(Exception):
     """A business refusal: not retryable, so the saga compensates at once."""
 
+    refused = True  # a declared refusal: the failed step did not act, nothing to undo
+
 
 @dataclass(frozen=True)
 class _Ref:

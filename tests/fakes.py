@@ -63,7 +63,7 @@ class RecordingServices:
     async def refund(self, **kwargs: Any) -> None:
         await self._call("refund")
 
-    async def find_by_idempotency_key(self, key: str) -> None:
+    async def find_by_idempotency_key(self, key: str, **kwargs: Any) -> None:
         await self._call("find_payment")  # the fakes' calls that hang never act: nothing found
 
     # shipping
@@ -76,7 +76,7 @@ class RecordingServices:
     async def initiate_return(self, **kwargs: Any) -> None:
         await self._call("initiate_return")
 
-    async def find_by_order(self, order_id: Any) -> None:
+    async def find_by_order(self, order_id: Any, **kwargs: Any) -> None:
         await self._call("find_shipment")
 
     # notification

@@ -235,21 +235,25 @@ RANGES = {
         "@dataclass",
         "tracking_number: str | None = None",
     ),
-    ("examples/order_fulfillment/saga.py", 26, 57): (
+    ("examples/order_fulfillment/saga.py", 29, 60): (
         "class OrderFulfillmentSaga(BaseSaga[OrderData]):",
         "super().__init__(order_data)",
     ),
-    ("examples/order_fulfillment/saga.py", 59, 85): (
+    ("examples/order_fulfillment/saga.py", 62, 88): (
         "def define_steps(self) -> list[SagaStep[OrderData]]:",
         "]",
     ),
-    ("examples/order_fulfillment/saga.py", 89, 137): (
+    ("examples/order_fulfillment/saga.py", 92, 144): (
         "async def _reserve_inventory(self, data: OrderData) -> dict[str, Any]:",
         "return {}",
     ),
-    ("examples/order_fulfillment/saga.py", 141, 196): (
+    ("examples/order_fulfillment/saga.py", 148, 211): (
         "async def _release_inventory(self, data: OrderData) -> None:",
         ")",
+    ),
+    ("examples/order_fulfillment/saga.py", 214, 223): (
+        "def _fencing() -> dict[str, Any]:",
+        'return {"fencing_token": run.fencing_token, "saga_id": run.saga_id}',
     ),
     ("examples/order_fulfillment/shop.py", 97, 97): (
         "self.orchestrator.register(OrderFulfillmentSaga.saga_type, self.saga)",
@@ -263,39 +267,35 @@ RANGES = {
         "async def check_invariants(self) -> list[str]:",
         '"""',
     ),
-    ("examples/order_fulfillment/services.py", 76, 137): (
-        "class InventoryService(Protocol):",
+    ("examples/order_fulfillment/services.py", 80, 211): (
+        "# Every method also takes `fencing_token` and `saga_id` (both optional): the running"
+        " step's",
         "...",
     ),
-    ("examples/order_fulfillment/services.py", 143, 155): ("class _Service:", "return result"),
-    ("examples/order_fulfillment/services.py", 197, 238): (
+    ("examples/order_fulfillment/services.py", 217, 268): ("class _Service:", "return result"),
+    ("examples/order_fulfillment/services.py", 307, 343): (
+        "def _check_fence(",
+        "return None",
+    ),
+    ("examples/order_fulfillment/services.py", 394, 446): (
         "async def reserve(",
         "return result",
     ),
-    ("examples/order_fulfillment/services.py", 240, 252): (
-        "async def release(self, *, reservation_id: UUID, reason: str) -> None:",
-        ")",
-    ),
-    ("examples/order_fulfillment/services.py", 290, 298): (
+    ("examples/order_fulfillment/services.py", 448, 476): ("async def release(", ")"),
+    ("examples/order_fulfillment/services.py", 514, 522): (
         "def _release(c: sqlite3.Connection, column: str, value: str, reason: str, now: datetime)"
         " -> None:",
         ")",
     ),
-    ("examples/order_fulfillment/services.py", 333, 380): ("async def charge(", "return result"),
-    ("examples/order_fulfillment/services.py", 382, 399): (
-        "async def refund(self, *, payment_id: UUID, reason: str, idempotency_key: str) -> None:",
-        'await self._call("payment.refund", op, compensating=True)',
+    ("examples/order_fulfillment/services.py", 559, 613): ("async def charge(", "return result"),
+    ("examples/order_fulfillment/services.py", 615, 645): ("async def refund(", ")"),
+    ("examples/order_fulfillment/services.py", 647, 670): (
+        "async def find_by_idempotency_key(",
+        "return payment",
     ),
-    ("examples/order_fulfillment/services.py", 447, 486): ("async def create(", "return result"),
-    ("examples/order_fulfillment/services.py", 488, 510): (
-        "async def cancel(self, *, shipment_id: UUID, reason: str) -> None:",
-        'await self._call("shipping.cancel", op, compensating=True)',
-    ),
-    ("examples/order_fulfillment/services.py", 557, 570): (
-        "async def send_email(",
-        'await self._call(f"notification.{template}", op, compensating=template != '
-        '"order_confirmed")',
-    ),
+    ("examples/order_fulfillment/services.py", 713, 763): ("async def create(", "return result"),
+    ("examples/order_fulfillment/services.py", 765, 799): ("async def cancel(", ")"),
+    ("examples/order_fulfillment/services.py", 862, 886): ("async def send_email(", ")"),
     ("examples/order_fulfillment/db.py", 81, 95): (
         "def _in_transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:",
         "return await anyio.to_thread.run_sync(self._in_transaction, fn)",

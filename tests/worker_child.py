@@ -70,6 +70,7 @@ class Refused(Exception):
     """A business refusal: never retried, and the step did not act."""
 
     retryable = False
+    refused = True  # declared a refusal: the failed step is not compensated
 
 
 @dataclass

@@ -82,6 +82,30 @@ CREATE TABLE IF NOT EXISTS notifications (
     created_at TEXT NOT NULL
 );
 
+-- Fencing (services.py): per service, order and saga, the highest fencing token a call
+-- carried. A call with a lower token comes from a process that lost the saga: refused.
+CREATE TABLE IF NOT EXISTS fences (
+    service  TEXT NOT NULL,
+    order_id TEXT NOT NULL,
+    saga_id  TEXT NOT NULL,  -- '' when the caller named no saga
+    token    INTEGER NOT NULL,
+    PRIMARY KEY (service, order_id, saga_id)
+);
+
+-- Every call that carried a fencing token, in order: accepted (it went on to act, or to give
+-- its business answer), or refused as stale (it did nothing). `highest` is the fence it met.
+CREATE TABLE IF NOT EXISTS fencing_log (
+    id        INTEGER PRIMARY KEY AUTOINCREMENT,
+    service   TEXT NOT NULL,
+    operation TEXT NOT NULL,
+    order_id  TEXT NOT NULL,
+    saga_id   TEXT NOT NULL,
+    token     INTEGER NOT NULL,
+    highest   INTEGER,
+    outcome   TEXT NOT NULL CHECK (outcome IN ('accepted', 'refused')),
+    at        TEXT NOT NULL
+);
+
 -- The HTTP API's Idempotency-Key records.
 CREATE TABLE IF NOT EXISTS api_requests (
     idempotency_key TEXT PRIMARY KEY,

@@ -5,7 +5,10 @@ own service. The SQLite implementations below keep the invariants the demo check
 
 - stock is conserved: ``initial = available + held (active) + shipped (committed)``;
 - money balances: ``initial balance = balance + captured, not refunded``;
-- every call that acts deduplicates on a key, so a retried call never acts twice.
+- every call that acts deduplicates on a key, so a retried call never acts twice;
+- a call that carries a fencing token lower than one the service already saw for its order
+  and saga is refused (`StaleCallError`) and does nothing: it comes from a process that lost
+  the saga to another one (frozen past its lease, then woken up).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from .errors import (
     PaymentDeclinedError,
     ReservationExpiredError,
     ShipmentAlreadyDispatchedError,
+    StaleCallError,
     UnknownProductError,
 )
 from .faults import Faults
@@ -73,18 +77,44 @@ class Shipment:
 # ---------------------------------------------------------------------------- protocols
 
 
+# Every method also takes `fencing_token` and `saga_id` (both optional): the running step's
+# `current_step().fencing_token` and the saga it belongs to. A call whose token is lower than
+# one the service already saw for the same order and saga raises StaleCallError and does
+# nothing. A call without a token is not fenced.
+
+
 class InventoryService(Protocol):
     async def reserve(
-        self, *, order_id: UUID, items: list[dict[str, Any]], expires_in_minutes: int
+        self,
+        *,
+        order_id: UUID,
+        items: list[dict[str, Any]],
+        expires_in_minutes: int,
+        fencing_token: int | None = None,
+        saga_id: UUID | None = None,
     ) -> Reservation:
         """Hold every item, all or nothing. The same order gets the same reservation."""
         ...
 
-    async def release(self, *, reservation_id: UUID, reason: str) -> None:
+    async def release(
+        self,
+        *,
+        reservation_id: UUID,
+        reason: str,
+        fencing_token: int | None = None,
+        saga_id: UUID | None = None,
+    ) -> None:
         """Return held stock. Releasing twice, or a released reservation, does nothing."""
         ...
 
-    async def release_order(self, *, order_id: UUID, reason: str) -> None:
+    async def release_order(
+        self,
+        *,
+        order_id: UUID,
+        reason: str,
+        fencing_token: int | None = None,
+        saga_id: UUID | None = None,
+    ) -> None:
         """Release the order's reservation, if any (its id may never have reached us)."""
         ...
 
@@ -98,40 +128,84 @@ class PaymentService(Protocol):
         currency: str,
         order_id: UUID,
         idempotency_key: str,
+        fencing_token: int | None = None,
+        saga_id: UUID | None = None,
     ) -> Payment:
         """Charge once per key: a repeated key returns the first payment."""
         ...
 
-    async def refund(self, *, payment_id: UUID, reason: str, idempotency_key: str) -> None:
+    async def refund(
+        self,
+        *,
+        payment_id: UUID,
+        reason: str,
+        idempotency_key: str,
+        fencing_token: int | None = None,
+        saga_id: UUID | None = None,
+    ) -> None:
         """Refund a payment in full, once."""
         ...
 
-    async def find_by_idempotency_key(self, idempotency_key: str) -> Payment | None:
-        """The payment a charge with this key made, if it made one."""
+    async def find_by_idempotency_key(
+        self,
+        idempotency_key: str,
+        *,
+        order_id: UUID | None = None,
+        fencing_token: int | None = None,
+        saga_id: UUID | None = None,
+    ) -> Payment | None:
+        """The payment a charge with this key made, if it made one. With a token, the
+        lookup is fenced like a charge (on `order_id` when no payment exists), so that a
+        stale charge cannot land after a compensation found nothing to refund."""
         ...
 
 
 class ShippingService(Protocol):
     async def create(
-        self, *, order_id: UUID, address: dict[str, Any], items: list[dict[str, Any]]
+        self,
+        *,
+        order_id: UUID,
+        address: dict[str, Any],
+        items: list[dict[str, Any]],
+        fencing_token: int | None = None,
+        saga_id: UUID | None = None,
     ) -> Shipment:
         """Create the order's shipment (once per order), taking its reserved stock."""
         ...
 
-    async def cancel(self, *, shipment_id: UUID, reason: str) -> None:
+    async def cancel(
+        self,
+        *,
+        shipment_id: UUID,
+        reason: str,
+        fencing_token: int | None = None,
+        saga_id: UUID | None = None,
+    ) -> None:
         """Cancel before dispatch; raises ShipmentAlreadyDispatchedError after it."""
         ...
 
-    async def initiate_return(self, *, shipment_id: UUID) -> None:
+    async def initiate_return(
+        self, *, shipment_id: UUID, fencing_token: int | None = None, saga_id: UUID | None = None
+    ) -> None:
         """Bring a dispatched shipment back; its stock returns to inventory."""
         ...
 
-    async def find_by_order(self, order_id: UUID) -> Shipment | None: ...
+    async def find_by_order(
+        self, order_id: UUID, *, fencing_token: int | None = None, saga_id: UUID | None = None
+    ) -> Shipment | None:
+        """The order's shipment, if any (fenced like `create` when given a token)."""
+        ...
 
 
 class NotificationService(Protocol):
     async def send_email(
-        self, *, user_id: UUID | None, template: str, data: dict[str, Any]
+        self,
+        *,
+        user_id: UUID | None,
+        template: str,
+        data: dict[str, Any],
+        fencing_token: int | None = None,
+        saga_id: UUID | None = None,
     ) -> None:
         """Send once per (template, order): a repeated call sends nothing more."""
         ...
@@ -141,21 +215,144 @@ class NotificationService(Protocol):
 
 
 class _Service:
+    service = ""
+    """The name the service's fences are kept under."""
+
     def __init__(self, db: ShopDatabase, faults: Faults | None = None, clock: Clock = utcnow):
         self.db = db
         self.faults = faults or Faults()
         self.clock = clock
 
     async def _call(
-        self, operation: str, fn: Callable[[sqlite3.Connection], Any], *, compensating: bool
+        self,
+        operation: str,
+        fn: Callable[[sqlite3.Connection], Any],
+        *,
+        compensating: bool,
+        fence: Fence | None = None,
     ) -> Any:
         await self.faults.before(operation, compensating=compensating)
-        result = await self.db.transaction(fn)
+        result = await self._transaction(operation, fn, fence)
         self.faults.after(operation)
         return result
 
+    async def _transaction(
+        self, operation: str, fn: Callable[[sqlite3.Connection], Any], fence: Fence | None
+    ) -> Any:
+        """`fn` in one transaction; with a fence, checked and raised in that transaction."""
+        if fence is None:
+            return await self.db.transaction(fn)
+        now = self.clock().isoformat()
+
+        def fenced(c: sqlite3.Connection) -> Any:
+            order_id = fence.order(c)
+            if order_id is not None:  # None: nothing to act on, so nothing to fence
+                highest = _check_fence(c, self.service, operation, order_id, fence, now)
+                if highest is not None:
+                    return _Raise(
+                        StaleCallError(
+                            f"{operation}: stale call for order {order_id} refused, nothing"
+                            f" done (fencing token {fence.token} < {highest} already seen)"
+                        )
+                    )
+            # The effect may still fail (no stock, declined): it alone is undone, the fence
+            # stays raised, so a stale call cannot succeed where the current holder could not.
+            c.execute("SAVEPOINT effect")
+            try:
+                result = fn(c)
+            except Exception as exc:
+                c.execute("ROLLBACK TO effect")
+                c.execute("RELEASE effect")
+                return _Raise(exc)
+            c.execute("RELEASE effect")
+            return result
+
+        result = await self.db.transaction(fenced)
+        if isinstance(result, _Raise):
+            raise result.error
+        return result
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """A call's fencing token, the saga it speaks for, and how to find its order."""
+
+    token: int
+    saga_id: UUID | None
+    order: Callable[[sqlite3.Connection], str | None]
+    """The order the call is about, looked up in the call's transaction."""
+
+
+def _fence(
+    token: int | None, saga_id: UUID | None, order: Callable[[sqlite3.Connection], str | None]
+) -> Fence | None:
+    return None if token is None else Fence(token, saga_id, order)
+
+
+def _order(order_id: UUID | str | None) -> Callable[[sqlite3.Connection], str | None]:
+    """For calls that name their order."""
+    return lambda c: None if order_id is None else str(order_id)
+
+
+def _order_of(table: str, entity_id: UUID) -> Callable[[sqlite3.Connection], str | None]:
+    """For calls that name a reservation, payment or shipment: the order it belongs to."""
+
+    def find(c: sqlite3.Connection) -> str | None:
+        row = c.execute(f"SELECT order_id FROM {table} WHERE id = ?", (str(entity_id),)).fetchone()
+        return None if row is None else str(row[0])
+
+    return find
+
+
+def _check_fence(
+    c: sqlite3.Connection, service: str, operation: str, order_id: str, fence: Fence, now: str
+) -> int | None:
+    """Refuse a stale call, or raise the fence to its token; log the call either way.
+
+    Returns the highest token already seen when the call is refused, else None. Tokens are
+    one saga's versions, so they are compared per order *and saga* (a second saga for the
+    same order has tokens of its own)."""
+    saga = "" if fence.saga_id is None else str(fence.saga_id)
+    row = c.execute(
+        "SELECT token FROM fences WHERE service = ? AND order_id = ? AND saga_id = ?",
+        (service, order_id, saga),
+    ).fetchone()
+    highest: int | None = None if row is None else int(row[0])
+    refused = highest is not None and fence.token < highest
+    c.execute(
+        "INSERT INTO fencing_log (service, operation, order_id, saga_id, token, highest,"
+        " outcome, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            service,
+            operation,
+            order_id,
+            saga,
+            fence.token,
+            highest,
+            "refused" if refused else "accepted",
+            now,
+        ),
+    )
+    if refused:
+        return highest
+    c.execute(
+        "INSERT INTO fences (service, order_id, saga_id, token) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT DO UPDATE SET token = max(token, excluded.token)",
+        (service, order_id, saga, fence.token),
+    )
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Raise:
+    """An error to raise once the transaction that kept the fence (and its log) committed."""
+
+    error: Exception
+
 
 class SQLiteInventory(_Service):
+    service = "inventory"
+
     async def seed_catalog(self, products: list[tuple[str, str, Decimal]], stock: int) -> bool:
         """Add `products` only if the catalog is empty, in one transaction; return whether
         it did (so two processes seeding a new file at once seed it once)."""
@@ -195,7 +392,13 @@ class SQLiteInventory(_Service):
         return {r[0]: Product(r[0], r[1], Decimal(r[2]), r[3]) for r in rows}
 
     async def reserve(
-        self, *, order_id: UUID, items: list[dict[str, Any]], expires_in_minutes: int
+        self,
+        *,
+        order_id: UUID,
+        items: list[dict[str, Any]],
+        expires_in_minutes: int,
+        fencing_token: int | None = None,
+        saga_id: UUID | None = None,
     ) -> Reservation:
         now = self.clock()
         expires = now + timedelta(minutes=expires_in_minutes)
@@ -234,21 +437,42 @@ class SQLiteInventory(_Service):
                 )
             return Reservation(reservation_id, order_id, "active", expires)
 
-        result: Reservation = await self._call("inventory.reserve", op, compensating=False)
+        result: Reservation = await self._call(
+            "inventory.reserve",
+            op,
+            compensating=False,
+            fence=_fence(fencing_token, saga_id, _order(order_id)),
+        )
         return result
 
-    async def release(self, *, reservation_id: UUID, reason: str) -> None:
+    async def release(
+        self,
+        *,
+        reservation_id: UUID,
+        reason: str,
+        fencing_token: int | None = None,
+        saga_id: UUID | None = None,
+    ) -> None:
         await self._call(
             "inventory.release",
             lambda c: _release(c, "id", str(reservation_id), reason, self.clock()),
             compensating=True,
+            fence=_fence(fencing_token, saga_id, _order_of("reservations", reservation_id)),
         )
 
-    async def release_order(self, *, order_id: UUID, reason: str) -> None:
+    async def release_order(
+        self,
+        *,
+        order_id: UUID,
+        reason: str,
+        fencing_token: int | None = None,
+        saga_id: UUID | None = None,
+    ) -> None:
         await self._call(
             "inventory.release",
             lambda c: _release(c, "order_id", str(order_id), reason, self.clock()),
             compensating=True,
+            fence=_fence(fencing_token, saga_id, _order(order_id)),
         )
 
     async def sweep_expired(self) -> int:
@@ -299,6 +523,8 @@ def _release(c: sqlite3.Connection, column: str, value: str, reason: str, now: d
 
 
 class SQLitePayments(_Service):
+    service = "payment"
+
     async def open_account(self, customer_id: UUID, balance: Decimal) -> None:
         def op(c: sqlite3.Connection) -> None:
             c.execute(
@@ -338,6 +564,8 @@ class SQLitePayments(_Service):
         currency: str,
         order_id: UUID,
         idempotency_key: str,
+        fencing_token: int | None = None,
+        saga_id: UUID | None = None,
     ) -> Payment:
         now = self.clock().isoformat()
 
@@ -376,10 +604,23 @@ class SQLitePayments(_Service):
             _ledger(c, payment, "charge", now)
             return payment
 
-        result: Payment = await self._call("payment.charge", op, compensating=False)
+        result: Payment = await self._call(
+            "payment.charge",
+            op,
+            compensating=False,
+            fence=_fence(fencing_token, saga_id, _order(order_id)),
+        )
         return result
 
-    async def refund(self, *, payment_id: UUID, reason: str, idempotency_key: str) -> None:
+    async def refund(
+        self,
+        *,
+        payment_id: UUID,
+        reason: str,
+        idempotency_key: str,
+        fencing_token: int | None = None,
+        saga_id: UUID | None = None,
+    ) -> None:
         now = self.clock().isoformat()
 
         def op(c: sqlite3.Connection) -> None:
@@ -396,12 +637,35 @@ class SQLitePayments(_Service):
             c.execute("UPDATE payments SET status = 'refunded' WHERE id = ?", (str(payment.id),))
             _ledger(c, payment, "refund", now)
 
-        await self._call("payment.refund", op, compensating=True)
+        await self._call(
+            "payment.refund",
+            op,
+            compensating=True,
+            fence=_fence(fencing_token, saga_id, _order_of("payments", payment_id)),
+        )
 
-    async def find_by_idempotency_key(self, idempotency_key: str) -> Payment | None:
+    async def find_by_idempotency_key(
+        self,
+        idempotency_key: str,
+        *,
+        order_id: UUID | None = None,
+        fencing_token: int | None = None,
+        saga_id: UUID | None = None,
+    ) -> Payment | None:
         await self.faults.before("payment.find", compensating=True)
-        payment: Payment | None = await self.db.read(
-            lambda c: _payment(c, "idempotency_key", idempotency_key)
+
+        def find(c: sqlite3.Connection) -> Payment | None:
+            return _payment(c, "idempotency_key", idempotency_key)
+
+        def order(c: sqlite3.Connection) -> str | None:
+            payment = find(c)
+            if payment is not None:
+                return str(payment.order_id)
+            return None if order_id is None else str(order_id)
+
+        fence = _fence(fencing_token, saga_id, order)
+        payment: Payment | None = await (
+            self.db.read(find) if fence is None else self._transaction("payment.find", find, fence)
         )
         return payment
 
@@ -433,6 +697,8 @@ def _ledger(c: sqlite3.Connection, payment: Payment, kind: str, now: str) -> Non
 
 
 class SQLiteShipping(_Service):
+    service = "shipping"
+
     def __init__(
         self,
         db: ShopDatabase,
@@ -445,7 +711,13 @@ class SQLiteShipping(_Service):
         self.dispatch_delay_seconds = dispatch_delay_seconds
 
     async def create(
-        self, *, order_id: UUID, address: dict[str, Any], items: list[dict[str, Any]]
+        self,
+        *,
+        order_id: UUID,
+        address: dict[str, Any],
+        items: list[dict[str, Any]],
+        fencing_token: int | None = None,
+        saga_id: UUID | None = None,
     ) -> Shipment:
         now = self.clock()
         dispatch_at = now + timedelta(seconds=self.dispatch_delay_seconds)
@@ -482,10 +754,22 @@ class SQLiteShipping(_Service):
             )
             return shipment
 
-        result: Shipment = await self._call("shipping.create", op, compensating=False)
+        result: Shipment = await self._call(
+            "shipping.create",
+            op,
+            compensating=False,
+            fence=_fence(fencing_token, saga_id, _order(order_id)),
+        )
         return result
 
-    async def cancel(self, *, shipment_id: UUID, reason: str) -> None:
+    async def cancel(
+        self,
+        *,
+        shipment_id: UUID,
+        reason: str,
+        fencing_token: int | None = None,
+        saga_id: UUID | None = None,
+    ) -> None:
         now = self.clock()
 
         def op(c: sqlite3.Connection) -> None:
@@ -507,9 +791,16 @@ class SQLiteShipping(_Service):
                 (now.isoformat(), str(shipment.order_id)),
             )
 
-        await self._call("shipping.cancel", op, compensating=True)
+        await self._call(
+            "shipping.cancel",
+            op,
+            compensating=True,
+            fence=_fence(fencing_token, saga_id, _order_of("shipments", shipment_id)),
+        )
 
-    async def initiate_return(self, *, shipment_id: UUID) -> None:
+    async def initiate_return(
+        self, *, shipment_id: UUID, fencing_token: int | None = None, saga_id: UUID | None = None
+    ) -> None:
         now = self.clock().isoformat()
 
         def op(c: sqlite3.Connection) -> None:
@@ -530,12 +821,24 @@ class SQLiteShipping(_Service):
                     (now, str(reservation.id)),
                 )
 
-        await self._call("shipping.return", op, compensating=True)
+        await self._call(
+            "shipping.return",
+            op,
+            compensating=True,
+            fence=_fence(fencing_token, saga_id, _order_of("shipments", shipment_id)),
+        )
 
-    async def find_by_order(self, order_id: UUID) -> Shipment | None:
+    async def find_by_order(
+        self, order_id: UUID, *, fencing_token: int | None = None, saga_id: UUID | None = None
+    ) -> Shipment | None:
         await self.faults.before("shipping.find", compensating=True)
-        shipment: Shipment | None = await self.db.read(
-            lambda c: _shipment(c, "order_id", str(order_id))
+
+        def find(c: sqlite3.Connection) -> Shipment | None:
+            return _shipment(c, "order_id", str(order_id))
+
+        fence = _fence(fencing_token, saga_id, _order(order_id))
+        shipment: Shipment | None = await (
+            self.db.read(find) if fence is None else self._transaction("shipping.find", find, fence)
         )
         return shipment
 
@@ -554,8 +857,16 @@ def _shipment(c: sqlite3.Connection, column: str, value: str) -> Shipment | None
 class SQLiteNotifications(_Service):
     """Emails go to an outbox table (a real service would deliver them from there)."""
 
+    service = "notification"
+
     async def send_email(
-        self, *, user_id: UUID | None, template: str, data: dict[str, Any]
+        self,
+        *,
+        user_id: UUID | None,
+        template: str,
+        data: dict[str, Any],
+        fencing_token: int | None = None,
+        saga_id: UUID | None = None,
     ) -> None:
         now = self.clock().isoformat()
         dedup_key = f"{template}:{data.get('order_id')}"
@@ -567,7 +878,12 @@ class SQLiteNotifications(_Service):
                 (str(uuid4()), dedup_key, str(user_id), template, json.dumps(data), now),
             )
 
-        await self._call(f"notification.{template}", op, compensating=template != "order_confirmed")
+        await self._call(
+            f"notification.{template}",
+            op,
+            compensating=template != "order_confirmed",
+            fence=_fence(fencing_token, saga_id, _order(data.get("order_id"))),
+        )
 
     async def outbox(self, limit: int = 100) -> list[dict[str, Any]]:
         """The most recent emails, newest first."""

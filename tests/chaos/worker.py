@@ -45,7 +45,7 @@ from psycopg.conninfo import make_conninfo
 from psycopg_pool import AsyncConnectionPool
 
 from order_fulfillment.faults import FaultConfig
-from order_fulfillment.services import Payment, SQLitePayments
+from order_fulfillment.services import Fence, Payment, SQLitePayments
 from order_fulfillment.shop import Shop
 from saga_orchestrator import RetryPolicy, SagaWorker
 from saga_orchestrator.adapters.postgres import PostgresSagaRepository
@@ -193,6 +193,8 @@ class CountingPayments(SQLitePayments):
         currency: str,
         order_id: UUID,
         idempotency_key: str,
+        fencing_token: int | None = None,
+        saga_id: UUID | None = None,
     ) -> Payment:
         token = _charging.set(idempotency_key)
         try:
@@ -202,16 +204,23 @@ class CountingPayments(SQLitePayments):
                 currency=currency,
                 order_id=order_id,
                 idempotency_key=idempotency_key,
+                fencing_token=fencing_token,
+                saga_id=saga_id,
             )
         finally:
             _charging.reset(token)
 
     async def _call(
-        self, operation: str, fn: Callable[[sqlite3.Connection], Any], *, compensating: bool
+        self,
+        operation: str,
+        fn: Callable[[sqlite3.Connection], Any],
+        *,
+        compensating: bool,
+        fence: Fence | None = None,
     ) -> Any:
         key = _charging.get()
         if operation != "payment.charge" or key is None:
-            return await super()._call(operation, fn, compensating=compensating)
+            return await super()._call(operation, fn, compensating=compensating, fence=fence)
 
         def counted(c: sqlite3.Connection) -> Any:  # in the charge's own transaction
             made = c.execute("SELECT 1 FROM payments WHERE idempotency_key = ?", (key,)).fetchone()
@@ -220,7 +229,7 @@ class CountingPayments(SQLitePayments):
                 c.execute("INSERT INTO chaos_charge_replays (idempotency_key) VALUES (?)", (key,))
             return result
 
-        return await super()._call(operation, counted, compensating=compensating)
+        return await super()._call(operation, counted, compensating=compensating, fence=fence)
 
 
 async def serve(config: WorkerConfig, ready: EventLike) -> dict[str, Any]:

@@ -2,8 +2,9 @@
 
 Inventory, payments, shipping and notifications each deduplicate on a key, so a retried call
 never acts twice; the tests below pin that down, together with the all-or-nothing
-reservation, expiry (driven by a fake clock), the shipping hand-over of reserved stock, and
-the fault injection the demo configures with ``FaultConfig``.
+reservation, expiry (driven by a fake clock), the shipping hand-over of reserved stock,
+fencing (a call with a lower fencing token than one already seen for its order and saga is
+refused and does nothing), and the fault injection the demo configures with ``FaultConfig``.
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ from order_fulfillment.errors import (
     InsufficientStockError,
     PaymentDeclinedError,
     ReservationExpiredError,
+    ServiceRefusal,
     ServiceRejectedError,
     ServiceUnavailableError,
     ShipmentAlreadyDispatchedError,
+    StaleCallError,
     UnknownProductError,
 )
 from order_fulfillment.faults import FaultConfig, Faults
@@ -151,6 +154,13 @@ async def shipped_order(svc: Services) -> tuple[UUID, Any]:
     await reserve(svc, order_id, APPLE=2)
     shipment = await svc.shipping.create(order_id=order_id, address=ADDRESS, items=ITEMS)
     return order_id, shipment
+
+
+async def fencing_log(svc: Services) -> list[tuple[Any, ...]]:
+    """(service, operation, token, highest, outcome) of every fenced call, in order."""
+    return await svc.rows(
+        "SELECT service, operation, token, highest, outcome FROM fencing_log ORDER BY id"
+    )
 
 
 # ---------------------------------------------------------------------------- inventory
@@ -564,3 +574,167 @@ async def test_database_rejects_negative_stock(svc: Services) -> None:
     with pytest.raises(sqlite3.IntegrityError):
         await svc.db.transaction(lambda c: c.execute("UPDATE products SET stock = stock - 3"))
     assert await svc.stock() == {"APPLE": 10, "PEAR": 2}
+
+
+# ---------------------------------------------------------------------------- fencing
+
+SAGA = uuid4()
+
+
+async def test_a_stale_call_is_refused_and_does_nothing(svc: Services) -> None:
+    """Once a call with token 7 was seen for an order and saga, one with token 5 is refused
+    (StaleCallError, in the same transaction as the effect it would have had): nothing held."""
+    order_id = uuid4()
+    items = [{"sku": "APPLE", "quantity": 2}]
+    await svc.inventory.release_order(
+        order_id=order_id, reason="undo", fencing_token=7, saga_id=SAGA
+    )
+    with pytest.raises(StaleCallError, match=r"fencing token 5 < 7"):
+        await svc.inventory.reserve(
+            order_id=order_id, items=items, expires_in_minutes=30, fencing_token=5, saga_id=SAGA
+        )
+    assert await svc.reservation_status(order_id) is None
+    assert await svc.stock() == {"APPLE": 10, "PEAR": 2}
+    assert await fencing_log(svc) == [
+        ("inventory", "inventory.release", 7, None, "accepted"),
+        ("inventory", "inventory.reserve", 5, 7, "refused"),
+    ]
+    # Not a refusal: the step it belongs to may have acted through the process that took over.
+    assert not isinstance(StaleCallError("x"), ServiceRefusal)
+    assert StaleCallError.retryable is False
+
+
+async def test_equal_and_higher_tokens_pass_and_calls_without_one_are_not_fenced(
+    svc: Services,
+) -> None:
+    """The same token again (a retry in the same process) and a higher one act; a call without
+    a token is not fenced at all, nor logged."""
+    order_id = uuid4()
+    items = [{"sku": "APPLE", "quantity": 1}]
+    for token in (3, 3, 4):
+        await svc.inventory.reserve(
+            order_id=order_id, items=items, expires_in_minutes=30, fencing_token=token, saga_id=SAGA
+        )
+    await svc.inventory.release_order(order_id=order_id, reason="undo")  # no token
+    assert await svc.reservation_status(order_id) == "released"
+    assert [row[-1] for row in await fencing_log(svc)] == ["accepted"] * 3
+    assert await svc.rows("SELECT token FROM fences") == [(4,)]
+
+
+async def test_tokens_of_another_saga_for_the_same_order_are_not_compared(svc: Services) -> None:
+    """Tokens are one saga's versions: a second saga for the same order starts low again."""
+    order_id = uuid4()
+    items = [{"sku": "APPLE", "quantity": 1}]
+    for saga, token in ((uuid4(), 9), (uuid4(), 2)):
+        await svc.inventory.reserve(
+            order_id=order_id, items=items, expires_in_minutes=30, fencing_token=token, saga_id=saga
+        )
+    assert [row[-1] for row in await fencing_log(svc)] == ["accepted", "accepted"]
+
+
+async def test_a_business_refusal_keeps_the_fence_raised(svc: Services) -> None:
+    """The current holder's call is refused for lack of stock (its effect rolled back): the
+    fence still rises, so a stale call cannot reserve once stock is back."""
+    order_id, other = uuid4(), uuid4()
+    await reserve(svc, other, PEAR=2)
+    pears = [{"sku": "PEAR", "quantity": 2}]
+    with pytest.raises(InsufficientStockError):
+        await svc.inventory.reserve(
+            order_id=order_id, items=pears, expires_in_minutes=30, fencing_token=8, saga_id=SAGA
+        )
+    await svc.inventory.release_order(order_id=other, reason="test")
+    with pytest.raises(StaleCallError):
+        await svc.inventory.reserve(
+            order_id=order_id, items=pears, expires_in_minutes=30, fencing_token=6, saga_id=SAGA
+        )
+    assert await svc.reservation_status(order_id) is None
+    assert await svc.stock() == {"APPLE": 10, "PEAR": 2}
+
+
+async def test_compensations_by_id_are_fenced_on_their_order(svc: Services) -> None:
+    """A refund names a payment, a cancel a shipment: each is fenced on the order it belongs
+    to."""
+    customer_id = await customer(svc, "100.00")
+    order_id = uuid4()
+    payment = await svc.payments.charge(
+        customer_id=customer_id,
+        amount=Decimal("30.00"),
+        currency="USD",
+        order_id=order_id,
+        idempotency_key="order-1-payment",
+        fencing_token=5,
+        saga_id=SAGA,
+    )
+    with pytest.raises(StaleCallError):
+        await svc.payments.refund(
+            payment_id=payment.id, reason="x", idempotency_key="r", fencing_token=4, saga_id=SAGA
+        )
+    assert await svc.balance(customer_id) == Decimal("70.00")
+    await svc.payments.refund(
+        payment_id=payment.id, reason="x", idempotency_key="r", fencing_token=6, saga_id=SAGA
+    )
+    assert await svc.balance(customer_id) == Decimal("100.00")
+
+    shipped, shipment = await shipped_order(svc)
+    await svc.shipping.find_by_order(shipped, fencing_token=3, saga_id=SAGA)
+    with pytest.raises(StaleCallError):
+        await svc.shipping.cancel(
+            shipment_id=shipment.id, reason="x", fencing_token=2, saga_id=SAGA
+        )
+    with pytest.raises(StaleCallError):
+        await svc.shipping.initiate_return(shipment_id=shipment.id, fencing_token=2, saga_id=SAGA)
+    assert await svc.shipment_status(shipped) == "created"
+
+
+async def test_a_lookup_that_finds_nothing_still_fences_a_late_action(svc: Services) -> None:
+    """A compensation that finds no charge (nor shipment) raises the fence, so a stale charge
+    (or shipment) that arrives afterwards cannot land on an order that was compensated."""
+    customer_id = await customer(svc, "100.00")
+    order_id = uuid4()
+    key = f"order-{order_id}-payment"
+    found = await svc.payments.find_by_idempotency_key(
+        key, order_id=order_id, fencing_token=9, saga_id=SAGA
+    )
+    assert found is None
+    with pytest.raises(StaleCallError):
+        await svc.payments.charge(
+            customer_id=customer_id,
+            amount=Decimal("10.00"),
+            currency="USD",
+            order_id=order_id,
+            idempotency_key=key,
+            fencing_token=8,
+            saga_id=SAGA,
+        )
+    assert await svc.balance(customer_id) == Decimal("100.00")
+    assert await svc.rows("SELECT * FROM payments") == []
+
+    await reserve(svc, order_id, APPLE=1)
+    assert await svc.shipping.find_by_order(order_id, fencing_token=9, saga_id=SAGA) is None
+    with pytest.raises(StaleCallError):
+        await svc.shipping.create(
+            order_id=order_id, address=ADDRESS, items=ITEMS, fencing_token=8, saga_id=SAGA
+        )
+    assert await svc.shipment_status(order_id) is None
+    assert await svc.reservation_status(order_id) == "active"
+
+
+async def test_emails_are_fenced_on_the_order_they_are_about(svc: Services) -> None:
+    """send_email is fenced on ``data["order_id"]``."""
+    order_id = str(uuid4())
+    await svc.notifications.send_email(
+        user_id=None,
+        template="order_cancelled",
+        data={"order_id": order_id},
+        fencing_token=4,
+        saga_id=SAGA,
+    )
+    with pytest.raises(StaleCallError):
+        await svc.notifications.send_email(
+            user_id=None,
+            template="order_confirmed",
+            data={"order_id": order_id},
+            fencing_token=3,
+            saga_id=SAGA,
+        )
+    assert await svc.rows("SELECT template FROM notifications") == [("order_cancelled",)]
