@@ -95,6 +95,8 @@ class CrashData:
 class RefusedError(Exception):
     """A business refusal: not retryable, and the step did not act."""
 
+    refused = True
+
 
 def plans(mode: str) -> list[CrashData]:
     """The sagas one ``run`` starts: 4 or 5 held at ``mode``'s point, 2 settled, 4 drifting."""
