@@ -18,6 +18,7 @@ inserted into ``saga_outbox`` in the transaction that records the transition, fo
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Collection, Sequence
@@ -113,7 +114,12 @@ class _Database:
     """One connection, its thread lock, lazy opening and the group-commit writer."""
 
     def __init__(self, path: str | Path, synchronous: Synchronous, busy_timeout_seconds: float):
-        self.path = str(path)
+        if not isinstance(path, str | os.PathLike):
+            raise TypeError(
+                f"the SQLite database path must be a str or a pathlib.Path, got "
+                f"{type(path).__name__} {path!r:.60}"
+            )
+        self.path = os.fspath(path)
         self.synchronous = synchronous
         self.busy_timeout_seconds = busy_timeout_seconds
         self._connection: sqlite3.Connection | None = None

@@ -9,6 +9,8 @@ saga-orchestrator --app order_fulfillment.admin:orchestrator --db orders.db retr
 saga-orchestrator --app order_fulfillment.admin:orchestrator --db orders.db cancel ID \\
     --reason "customer called"
 saga-orchestrator --app order_fulfillment.admin:orchestrator --db orders.db recover
+saga-orchestrator --app myapp.sagas:orchestrator --db postgresql://app@db/app worker
+saga-orchestrator --version
 python -m saga_orchestrator.cli --help
 ```
 

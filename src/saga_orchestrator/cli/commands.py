@@ -57,6 +57,11 @@ def source(db: str | None, app: str | None) -> AppFactory:
 
 def _check_store(db: str) -> None:
     """Refuse, read-only, a file that is not a saga store: opening it would add the tables."""
+    if db.startswith(("postgresql://", "postgres://")) or ("host=" in db and "dbname=" in db):
+        raise UsageError(
+            f"--db {db}: a PostgreSQL URL needs --app MODULE:CALLABLE (a callable that opens "
+            "a PostgresSagaRepository on it); --db alone reads SQLite files only"
+        )
     path = Path(db)
     if not path.is_file():
         raise UsageError(f"--db {db}: no such file (this command does not create databases)")

@@ -120,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_HelpFormatter,
     )
     _add_common(parser, suppress=False)
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {_version()}", help="print the version"
+    )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, summary: str, description: str) -> argparse.ArgumentParser:
@@ -237,3 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.set_defaults(handler=commands.run_worker)
     return parser
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
