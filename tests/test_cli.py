@@ -514,12 +514,14 @@ def test_recover_finishes_the_interrupted_sagas(
 def test_recover_without_the_app_skips_and_says_why(
     db: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """--db alone cannot run the sagas: nothing resumed, a hint, nothing written."""
+    """--db alone cannot run the sagas: nothing resumed, each stuck saga named, exit 1 (the
+    sagas stay unfinished), a hint, nothing written."""
     before = rows(db)
-    assert main(["--db", str(db), "recover"]) == 0
+    assert main(["--db", str(db), "recover"]) == 1
     captured = capsys.readouterr()
-    assert captured.out == "nothing to recover\n"
+    assert captured.out == "no saga resumed\n"
     assert "skipped 2 sagas of unregistered type trip; pass --app" in captured.err
+    assert captured.err.count("was not resumed: no factory registered for saga_type 'trip'") == 2
     assert rows(db) == before
 
 

@@ -717,3 +717,37 @@ def test_compensation_timeout_must_be_positive() -> None:
         SagaDefinitionError, match="compensation_timeout_seconds must be a finite number > 0"
     ):
         SagaStep("a", noop, noop, compensation_timeout_seconds=0)
+
+
+async def test_recover_reports_what_it_skipped_and_why(saga_repo: SagaRepository) -> None:
+    """recover() returns the resumed results as a list, and names each saga it left unfinished:
+    a typo in register()'s type name is no longer "nothing to recover"."""
+    saga = TripSaga(TripData())
+    saga.context.saga_id = uuid4()
+    crashed = orchestrator(saga_repo)
+
+    class Stop(BaseException):
+        pass
+
+    async def stop(step: str, attempt: int) -> None:
+        raise Stop
+
+    saga.behaviour["hotel"] = stop
+    with pytest.raises(Stop):
+        await crashed.execute(saga)
+
+    typo = orchestrator(saga_repo)
+    typo.register("trips", lambda data: TripSaga(data))
+    report = await typo.recover()
+    assert list(report) == []
+    assert report.resumed == []
+    [skipped] = report.skipped
+    assert skipped.saga_id == saga.context.saga_id
+    assert skipped.saga_type == "trip"
+    assert skipped.reason == "no factory registered for saga_type 'trip'"
+
+    right = orchestrator(saga_repo)
+    right.register("trip", lambda data: TripSaga(data))
+    report = await right.recover()
+    assert [r.status for r in report] == [SagaStatus.COMPLETED]
+    assert report.skipped == []

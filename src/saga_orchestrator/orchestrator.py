@@ -42,9 +42,11 @@ from .state import (
     ACTIVE_STATUSES,
     ErrorKind,
     ErrorRecord,
+    RecoveryReport,
     SagaContext,
     SagaResult,
     SagaStatus,
+    SkippedSaga,
     StepState,
     StepStatus,
 )
@@ -261,17 +263,20 @@ class SagaOrchestrator:
                 else:
                     await anyio.sleep(poll_seconds)
 
-    async def recover(self) -> list[SagaResult[Any]]:
+    async def recover(self) -> RecoveryReport:
         """Resume every stored saga that is not terminal, from exactly where it stopped.
 
-        Sagas whose ``saga_type`` has no registered factory are left untouched (another
-        process may know them) and logged. A saga that cannot be resumed (its definition
-        changed, its factory raised) is logged as ``saga.recovery.failed`` and left as it is;
-        the others are still resumed. Meant for start-up: it assumes that no other live
-        process is driving the same sagas (a saga advanced elsewhere in the meantime is
-        detected by its version and left to that process).
+        Returns a [`RecoveryReport`][saga_orchestrator.state.RecoveryReport]: a list of the
+        results of the sagas it resumed (as before), whose ``skipped`` names every saga it
+        left as it was, and why: its ``saga_type`` has no registered factory (another process
+        may know it), it cannot be read, or it cannot be resumed (its definition changed, its
+        factory raised). Each skipped saga is also logged (``saga.recovery.skipped`` /
+        ``saga.recovery.failed``); the others are still resumed. Meant for start-up: it
+        assumes that no other live process is driving the same sagas (a saga advanced
+        elsewhere in the meantime is detected by its version, left to that process and not
+        reported as skipped).
         """
-        results: list[SagaResult[Any]] = []
+        report = RecoveryReport()
         limiter = anyio.CapacityLimiter(self.recovery_concurrency)
         list_ids = getattr(self.repository, "list_saga_ids", None)
         if list_ids is not None:
@@ -285,27 +290,34 @@ class SagaOrchestrator:
             )
 
         async def resume(item: UUID | SagaContext[Any]) -> None:
+            saga_type: str | None = None
             async with limiter:
                 try:
                     context = await self.repository.get(item) if isinstance(item, UUID) else item
                     if context is None or context.is_terminal:
                         return  # finished meanwhile
+                    saga_type = context.saga_type
                     if context.saga_type not in self.registry:
+                        reason = f"no factory registered for saga_type {context.saga_type!r}"
+                        report.skipped.append(
+                            SkippedSaga(context.saga_id, context.saga_type, reason)
+                        )
                         logger.warning(
-                            "saga.recovery.skipped: no factory for saga_type %r (saga %s)",
-                            context.saga_type,
+                            "saga.recovery.skipped: %s (saga %s)",
+                            reason,
                             context.saga_id,
                             extra={"saga_id": str(context.saga_id)},
                         )
                         return
                     self.registry.rebuild(context)
                     self._reconcile_interrupted(context)
-                    results.append(await self._drive(context))
+                    report.append(await self._drive(context))
                 except SagaConflictError as exc:
                     logger.warning("saga.recovery.conflict: %s", exc)
-                except Exception:
+                except Exception as exc:
                     # One saga that cannot be read or resumed must not stop the others.
                     saga_id = item if isinstance(item, UUID) else item.saga_id
+                    report.skipped.append(SkippedSaga(saga_id, saga_type, _describe(exc)))
                     logger.exception(
                         "saga.recovery.failed: saga %s",
                         saga_id,
@@ -315,7 +327,7 @@ class SagaOrchestrator:
         async with anyio.create_task_group() as tg:
             for item in pending:
                 tg.start_soon(resume, item)
-        return results
+        return report
 
     async def resume(self, saga_id: UUID) -> SagaResult[Any]:
         """Drive one stored saga to a terminal status (rebuilt through the registry)."""

@@ -7,10 +7,11 @@ deliberately mutable: the orchestrator advances it in place and the spec's tests
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from uuid import UUID
 
 if TYPE_CHECKING:
@@ -19,9 +20,11 @@ if TYPE_CHECKING:
 __all__ = [
     "ErrorKind",
     "ErrorRecord",
+    "RecoveryReport",
     "SagaContext",
     "SagaResult",
     "SagaStatus",
+    "SkippedSaga",
     "StepState",
     "StepStatus",
 ]
@@ -247,3 +250,35 @@ class SagaResult(Generic[T]):
             steps=tuple(s.copy() for s in context.steps),
             error_history=tuple(context.error_history),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class SkippedSaga:
+    """A saga that ``recover()`` left as it was, and why."""
+
+    saga_id: UUID
+    """The saga."""
+    saga_type: str | None
+    """Its type, if its row could be read."""
+    reason: str
+    """Why it was not resumed: no factory registered for its type, unreadable, or the error
+    that resuming it raised."""
+
+
+class RecoveryReport(list[SagaResult[Any]]):
+    """What ``SagaOrchestrator.recover()`` did: the results of the sagas it resumed (the list
+    itself, as before) and, in ``skipped``, every unfinished saga it could not resume.
+
+    A saga in ``skipped`` stays unfinished until a process that can resume it does: check it
+    after every recovery (``if report.skipped: ...``); the CLI exits 1 then.
+    """
+
+    def __init__(self, resumed: Iterable[SagaResult[Any]] = ()) -> None:
+        super().__init__(resumed)
+        self.skipped: list[SkippedSaga] = []
+        """The sagas left unfinished, and why."""
+
+    @property
+    def resumed(self) -> list[SagaResult[Any]]:
+        """The results of the sagas resumed (the same as the list itself)."""
+        return list(self)

@@ -338,6 +338,8 @@ async def run_recover(orchestrator: SagaOrchestrator, args: argparse.Namespace) 
         results = await orchestrator.recover()
     for saga_id, reason in failures.failures.items():
         not_resumed.setdefault(saga_id, reason)
+    for skipped_saga in results.skipped:  # unregistered types included: they stay unfinished
+        not_resumed.setdefault(str(skipped_saga.saga_id), skipped_saga.reason)
     if not results:
         print("no saga resumed" if not_resumed else "nothing to recover")
     else:
