@@ -26,11 +26,11 @@ from uuid import UUID, uuid4
 import anyio
 import pytest
 
-from saga_orchestrator import SagaStatus, SQLiteSagaRepository, StepStatus
+from saga_orchestrator import SagaOrchestrator, SagaStatus, SQLiteSagaRepository, StepStatus
 from saga_orchestrator.cli import main
 from saga_orchestrator.testing import ManualClock
 from tests import cli_app
-from tests.sagas import TripData
+from tests.sagas import TripData, TripSaga
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = "tests.cli_app:orchestrator"
@@ -722,7 +722,8 @@ def test_python_m_recovers_with_the_app(db: Path, ids: Ids) -> None:
     assert bad.returncode == 2
     assert bad.stderr == (
         "saga-orchestrator show: error: argument SAGA_ID: malformed saga id 'nope': "
-        "expected a UUID (see 'saga-orchestrator show --help')\n"
+        "expected a UUID or its first characters (4 or more) "
+        "(see 'saga-orchestrator show --help')\n"
     )
     assert "Traceback" not in bad.stderr
 
@@ -741,3 +742,52 @@ def test_the_store_holds_every_status(template: tuple[Path, Ids]) -> None:
     assert statuses(path, ids.running)[1] == ["completed", "running", "pending"]
     assert statuses(path, ids.compensating)[1] == ["completed", "compensating", "failed"]
     assert StepStatus.COMPENSATION_FAILED.value in statuses(path, ids.failed)[1]
+
+
+def test_show_accepts_an_unambiguous_id_prefix(
+    db: Path, ids: Ids, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`show` with the first characters of an id shows that saga, like the whole id."""
+    assert main(["--db", str(db), "show", str(ids.failed)]) == 0
+    whole = capsys.readouterr().out
+    assert main(["--db", str(db), "show", str(ids.failed)[:13]]) == 0
+    by_prefix = capsys.readouterr().out
+    assert by_prefix.splitlines()[:4] == whole.splitlines()[:4]
+    assert by_prefix.startswith(f"saga            {ids.failed}\n")
+
+
+def test_show_of_an_unknown_or_malformed_prefix(
+    db: Path, ids: Ids, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No match: exit 1 naming the prefix; not hex or too short: exit 2."""
+    known = {str(i)[:4] for i in vars(ids).values()}
+    absent = next(p for p in (f"{n:04x}" for n in range(65536)) if p not in known)
+    assert main(["--db", str(db), "show", absent]) == 1
+    assert f"no saga id starts with '{absent}'" in capsys.readouterr().err
+    for bad in ("abc", "zzzz", "12345678-xyz"):
+        assert main(["--db", str(db), "show", bad]) == 2
+        assert "expected a UUID or its first characters" in capsys.readouterr().err
+
+
+def test_show_of_an_ambiguous_prefix_lists_the_candidates(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two ids sharing the prefix: exit 1 with both named, nothing shown."""
+    path = tmp_path / "two.db"
+
+    async def build() -> list[UUID]:
+        async with SQLiteSagaRepository(path) as repository:
+            made = []
+            for tail in ("1", "2"):
+                saga = TripSaga(TripData())
+                saga.context.saga_id = UUID(f"abcdabcd-{tail}000-4000-8000-000000000000")
+                await SagaOrchestrator(repository).execute(saga)
+                made.append(saga.context.saga_id)
+            return made
+
+    first, second = anyio.run(build)
+    assert main(["--db", str(path), "show", "abcdabcd"]) == 1
+    err = capsys.readouterr().err
+    assert f"2 saga ids start with 'abcdabcd': {first}, {second}; give more of it" in err
+    assert main(["--db", str(path), "show", "abcdabcd-2"]) == 0
+    assert str(second) in capsys.readouterr().out

@@ -75,3 +75,17 @@ def test_sqlite_repository_path_must_be_a_path(path: object, tmp_path: Path) -> 
     with pytest.raises(TypeError, match=r"must be a str or a pathlib\.Path"):
         SQLiteSagaRepository(path)  # type: ignore[arg-type]
     assert not (Path.cwd() / "None").exists()
+
+
+def test_postgres_on_trio_says_asyncio_only() -> None:
+    """Under trio the PostgreSQL repository says so in the library's words, before any I/O."""
+    import anyio
+
+    from saga_orchestrator.adapters.postgres import PostgresSagaRepository
+
+    async def main() -> None:
+        repository = PostgresSagaRepository("postgresql://nobody@127.0.0.1:1/none")
+        with pytest.raises(RuntimeError, match=r"run on asyncio only .* not on trio"):
+            await repository.open()
+
+    anyio.run(main, backend="trio")

@@ -26,6 +26,7 @@ import logging
 import math
 import os
 import socket
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
@@ -180,6 +181,15 @@ class _Database:
     async def pool(self, *, migrating: bool | None = None) -> AsyncConnectionPool[_Connection]:
         if self._pool is not None:
             return self._pool
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            library = "trio" if "trio" in sys.modules else "another event loop"
+            raise RuntimeError(
+                f"the PostgreSQL adapters run on asyncio only (psycopg's async connections), "
+                f"not on {library}: run this code under asyncio "
+                "(for example anyio.run(main, backend='asyncio'))"
+            ) from None
         if self._opening is None:
             self._opening = asyncio.Lock()
         async with self._opening:

@@ -301,8 +301,27 @@ async def run_list(orchestrator: SagaOrchestrator, args: argparse.Namespace) -> 
     return EXIT_OK
 
 
+async def _by_prefix(orchestrator: SagaOrchestrator, prefix: str) -> UUID:
+    """The one stored saga whose id starts with ``prefix`` (reads every id: a CLI aid)."""
+    list_ids = getattr(orchestrator.repository, "list_saga_ids", None)
+    if list_ids is not None:
+        ids: list[UUID] = list(await list_ids(limit=100_000_000))
+    else:
+        ids = [c.saga_id for c in await orchestrator.repository.list_sagas(limit=100_000_000)]
+    matches = sorted(str(i) for i in ids if str(i).startswith(prefix))
+    if not matches:
+        raise Failed(f"no saga id starts with {prefix!r}")
+    if len(matches) > 1:
+        shown = ", ".join(matches[:5]) + (", ..." if len(matches) > 5 else "")
+        raise Failed(f"{len(matches)} saga ids start with {prefix!r}: {shown}; give more of it")
+    return UUID(matches[0])
+
+
 async def run_show(orchestrator: SagaOrchestrator, args: argparse.Namespace) -> int:
-    context = await _get(orchestrator, args.saga_id)
+    saga_id = args.saga_id
+    if not isinstance(saga_id, UUID):
+        saga_id = await _by_prefix(orchestrator, saga_id)
+    context = await _get(orchestrator, saga_id)
     detail = render.detail(context)
     if args.json:
         print(json.dumps(detail, indent=2))

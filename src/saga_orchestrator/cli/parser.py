@@ -42,6 +42,23 @@ def _saga_id(text: str) -> UUID:
         raise argparse.ArgumentTypeError(f"malformed saga id {text!r}: expected a UUID") from None
 
 
+_PREFIX = re.compile(r"[0-9a-f-]{4,36}")
+
+
+def _saga_id_or_prefix(text: str) -> UUID | str:
+    """A whole UUID, or the first characters of one (at least 4 hex digits or hyphens)."""
+    try:
+        return UUID(text)
+    except ValueError:
+        pass
+    prefix = text.strip().lower()
+    if not _PREFIX.fullmatch(prefix):
+        raise argparse.ArgumentTypeError(
+            f"malformed saga id {text!r}: expected a UUID or its first characters (4 or more)"
+        )
+    return prefix
+
+
 def _duration(text: str) -> timedelta:
     match = _DURATION.fullmatch(text.strip())
     if match is None:
@@ -170,7 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
         "Exit 1 if it is not stored or its stored state cannot be read (what is wrong is "
         "printed).",
     )
-    show.add_argument("saga_id", type=_saga_id, metavar="SAGA_ID", help=SAGA_ID_HELP)
+    show.add_argument(
+        "saga_id",
+        type=_saga_id_or_prefix,
+        metavar="SAGA_ID",
+        help="the saga's id, a UUID, or an unambiguous prefix of it (4 characters or more)",
+    )
     show.add_argument("--json", action="store_true", help="one JSON document instead of text")
     show.set_defaults(handler=commands.run_show)
 
