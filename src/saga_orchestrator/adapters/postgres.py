@@ -504,6 +504,20 @@ class _PostgresBase(AsyncLifecycle):
         await self._db.close()
 
 
+def _selection(
+    statuses: Collection[SagaStatus] | None, saga_type: str | None
+) -> tuple[list[sql.Composable], list[Any]]:
+    """The filter clauses and parameters that ``list_sagas`` and ``list_saga_ids`` share."""
+    clauses: list[sql.Composable] = []
+    params: list[Any] = []
+    if statuses is not None:
+        clauses.append(sql.SQL("status IN ({})").format(_status_list(statuses)))
+    if saga_type is not None:
+        clauses.append(sql.SQL("saga_type = %s"))
+        params.append(saga_type)
+    return clauses, params
+
+
 def _status_list(statuses: Collection[SagaStatus]) -> sql.Composable:
     # Literals, not parameters: the planner can then match the partial indexes of active
     # and failed sagas. The values are the enum's own, in a stable order.
@@ -909,15 +923,9 @@ class PostgresSagaRepository(_PostgresBase):
         limit: int = 1000,
     ) -> list[SagaContext[Any]]:
         """Stored sagas, oldest first, filtered by status and type, at most ``limit``."""
-        clauses: list[sql.Composable] = []
-        params: list[Any] = []
-        if statuses is not None:
-            if not statuses:
-                return []
-            clauses.append(sql.SQL("status IN ({})").format(_status_list(statuses)))
-        if saga_type is not None:
-            clauses.append(sql.SQL("saga_type = %s"))
-            params.append(saga_type)
+        if statuses is not None and not statuses:
+            return []
+        clauses, params = _selection(statuses, saga_type)
         rows = await self._db.fetchall(self._select("state", clauses), [*params, int(limit)])
         return [decode_context(row[0]) for row in rows]
 
@@ -931,15 +939,9 @@ class PostgresSagaRepository(_PostgresBase):
         """Ids of stored sagas, oldest first, without decoding their state: the same
         selection as ``list_sagas``, so that a caller can read them one by one and get past
         a row that cannot be decoded."""
-        clauses: list[sql.Composable] = []
-        params: list[Any] = []
-        if statuses is not None:
-            if not statuses:
-                return []
-            clauses.append(sql.SQL("status IN ({})").format(_status_list(statuses)))
-        if saga_type is not None:
-            clauses.append(sql.SQL("saga_type = %s"))
-            params.append(saga_type)
+        if statuses is not None and not statuses:
+            return []
+        clauses, params = _selection(statuses, saga_type)
         rows = await self._db.fetchall(self._select("saga_id", clauses), [*params, int(limit)])
         return [row[0] for row in rows]
 

@@ -392,16 +392,9 @@ class SQLiteSagaRepository(_SQLiteBase):
         limit: int = 1000,
     ) -> list[SagaContext[Any]]:
         """Stored sagas, oldest first, filtered by status and type, at most ``limit``."""
-        clauses: list[str] = []
-        params: list[Any] = []
-        if statuses is not None:
-            if not statuses:
-                return []
-            clauses.append(_status_filter(statuses))
-        if saga_type is not None:
-            clauses.append("saga_type = ?")
-            params.append(saga_type)
-        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        if statuses is not None and not statuses:
+            return []
+        where, params = _selection(statuses, saga_type)
         params.append(int(limit))
         rows = await self._db.read(
             lambda c: c.execute(
@@ -420,16 +413,9 @@ class SQLiteSagaRepository(_SQLiteBase):
         """Ids of stored sagas, oldest first, without decoding their state: the same
         selection as ``list_sagas``, so that a caller can read them one by one and get past
         a row that cannot be decoded."""
-        clauses: list[str] = []
-        params: list[Any] = []
-        if statuses is not None:
-            if not statuses:
-                return []
-            clauses.append(_status_filter(statuses))
-        if saga_type is not None:
-            clauses.append("saga_type = ?")
-            params.append(saga_type)
-        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        if statuses is not None and not statuses:
+            return []
+        where, params = _selection(statuses, saga_type)
         params.append(int(limit))
         rows = await self._db.read(
             lambda c: c.execute(
@@ -581,6 +567,21 @@ def _iso(value: datetime | None) -> str:
 def _utc(value: datetime) -> str:
     """Outbox times: UTC, always with microseconds, so that they compare as text."""
     return value.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _selection(
+    statuses: Collection[SagaStatus] | None, saga_type: str | None
+) -> tuple[str, list[Any]]:
+    """The WHERE clause (or "") and parameters that ``list_sagas`` and ``list_saga_ids``
+    share."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    if statuses is not None:
+        clauses.append(_status_filter(statuses))
+    if saga_type is not None:
+        clauses.append("saga_type = ?")
+        params.append(saga_type)
+    return (f" WHERE {' AND '.join(clauses)}" if clauses else ""), params
 
 
 def _status_filter(statuses: Collection[SagaStatus]) -> str:
