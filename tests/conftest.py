@@ -6,11 +6,13 @@ import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from uuid import uuid4
 
+import anyio
 import pytest
 import pytest_asyncio
 
@@ -188,6 +190,21 @@ def _postgres_stores(request: pytest.FixtureRequest) -> PostgresStores:
 # (pytest-asyncio, as in the spec) and anyio tests on asyncio and trio alike.
 
 
+_SQLiteStore = TypeVar("_SQLiteStore", SQLiteSagaRepository, SQLiteIdempotencyStore)
+
+
+def _closed_at_teardown(store: _SQLiteStore, request: pytest.FixtureRequest) -> _SQLiteStore:
+    """``store``, whose connection is closed when the test ends; in a thread of its own, as
+    the test's event loop (or trio's guest run) may still be around in this one."""
+
+    def close() -> None:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pool.submit(anyio.run, store.close).result()
+
+    request.addfinalizer(close)
+    return store
+
+
 @pytest.fixture
 def saga_repo(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> SagaRepository:
     """The spec's `saga_repo`: a fresh repository of the parametrized kind."""
@@ -195,7 +212,7 @@ def saga_repo(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> S
         return InMemorySagaRepository()
     if backend == "postgres":
         return _postgres_stores(request).repository
-    return SQLiteSagaRepository(tmp_path / "sagas.db")
+    return _closed_at_teardown(SQLiteSagaRepository(tmp_path / "sagas.db"), request)
 
 
 @pytest.fixture
@@ -207,7 +224,7 @@ def idempotency_store(
         return InMemoryIdempotencyStore()
     if backend == "postgres":
         return _postgres_stores(request).idempotency_store
-    return SQLiteIdempotencyStore(tmp_path / "sagas.db")
+    return _closed_at_teardown(SQLiteIdempotencyStore(tmp_path / "sagas.db"), request)
 
 
 @pytest.fixture

@@ -42,7 +42,7 @@ async def main(path: str, finished: int, held: int) -> None:
         await anyio.sleep_forever()
         raise AssertionError("unreachable")
 
-    async with SQLiteSagaRepository(path) as repository:
+    async with SQLiteSagaRepository(path, outbox=True) as repository:
         orchestrator = SagaOrchestrator(repository, listeners=[seen])
         async with anyio.create_task_group() as holding:
             for _ in range(held):

@@ -1,4 +1,4 @@
-"""Smoke tests of the scale, recovery and example benchmarks (bench/): each runs end to end
+"""Smoke tests of the scale, recovery, example and steps benchmarks (bench/): each runs end to end
 on a tiny workload and writes its JSON and Markdown. The figures are not checked."""
 
 from __future__ import annotations
@@ -7,6 +7,9 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
@@ -68,3 +71,60 @@ def test_example_e2e(tmp_path: Path) -> None:
     document = run("example_e2e.py", tmp_path, *QUICK, "--concurrency", "4")
     kinds = {row["kind"] for row in document["results"]}  # type: ignore[attr-defined]
     assert kinds == {"engine", "example", "http"}
+
+
+def run_steps(tmp_path: Path, *args: str) -> tuple[dict[str, Any], str]:
+    """bench/steps.py with warnings as errors; its JSON and its stderr."""
+    done = subprocess.run(
+        [sys.executable, "-W", "error", str(BENCH / "steps.py"), "--results-dir", str(tmp_path),
+         *args],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    # Its saga data class is stored as steps:NoOpData, not __main__:NoOpData: no warning.
+    assert "Warning" not in done.stderr, done.stderr[-3000:]
+    markdown = (tmp_path / "steps-latest.md").read_text(encoding="utf-8")
+    assert markdown.startswith("# ")
+    assert "| adapter | steps | sagas |" in markdown
+    document: dict[str, Any] = json.loads(
+        (tmp_path / "steps-latest.json").read_text(encoding="utf-8")
+    )
+    assert document["machine"]
+    assert document["command"].startswith("bench/steps.py")
+    return document, done.stdout
+
+
+def test_steps_fixed_batches_and_profile(tmp_path: Path) -> None:
+    document, stdout = run_steps(
+        tmp_path, "--quick", "--steps", "2,4", "--sagas", "memory=5,sqlite=2", "--profile"
+    )
+    rows = document["results"]
+    assert [(r["adapter"], r["steps"], r["sagas"]) for r in rows] == [
+        ("memory", 2, 5), ("memory", 4, 5), ("sqlite", 2, 2), ("sqlite", 4, 2),
+    ]  # fmt: skip
+    for row in rows:
+        assert row["wall_s"] > 0
+        assert row["us_per_step"] == pytest.approx(
+            row["wall_s"] / (row["sagas"] * row["steps"]) * 1e6
+        )
+        assert 0 < row["execute_us_per_step"] <= row["us_per_step"]
+    assert [r["ratio_to_smallest"] for r in rows if r["steps"] == 2] == [1.0, 1.0]
+    assert rows[1]["ratio_to_smallest"] == pytest.approx(
+        rows[1]["us_per_step"] / rows[0]["us_per_step"]
+    )
+    assert any("time inside execute" in line for line in document["targets"])
+    assert "vs fewest steps" in stdout
+    profile = (tmp_path / "steps-profile-memory-4.txt").read_text(encoding="utf-8")
+    assert "memory, 4 steps: 5 sagas (20 steps)" in profile
+    assert "Ordered by: cumulative time" in profile
+
+
+def test_steps_sized_batches(tmp_path: Path) -> None:
+    document, _ = run_steps(tmp_path, "--quick", "--adapters", "memory", "--steps", "1,3")
+    rows = document["results"]
+    assert [(r["adapter"], r["steps"]) for r in rows] == [("memory", 1), ("memory", 3)]
+    assert all(r["sagas"] >= document["settings"]["min_sagas"] for r in rows)
+    assert not (tmp_path / "steps-profile-memory-4.txt").exists()

@@ -97,7 +97,7 @@ async def test_events_published_during_an_outage_all_arrive(broker: Broker, tmp_
     """Proxy down while 50 sagas complete, then up: every stored event is delivered, each
     saga's in order, duplicates only as exact redeliveries."""
     progress = _Progress()
-    repository = SQLiteSagaRepository(tmp_path / "sagas.db")
+    repository = SQLiteSagaRepository(tmp_path / "sagas.db", outbox=True)
     async with (
         repository,
         broker.proxy() as proxy,

@@ -146,7 +146,7 @@ def test_list_shows_every_saga_as_a_table(
     """Without filters every saga is listed, oldest first, with status, step, age and error."""
     assert main(["--db", str(db), "list"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["SAGA_ID", "TYPE", "STATUS", "STEP", "AGE", "ERROR"]
+    assert lines[0].split() == ["SAGA_ID", "TYPE", "VER", "STATUS", "STEP", "AGE", "ERROR"]
     by_id = {line.split()[0]: line.split() for line in lines[1:]}
     assert list(by_id) == [
         str(i)
@@ -159,13 +159,13 @@ def test_list_shows_every_saga_as_a_table(
             ids.running,
         )
     ]
-    assert by_id[str(ids.completed)][1:5] == ["trip", "completed", "-", "2d"]
-    assert by_id[str(ids.payment)][1:5] == ["payment", "completed", "-", "2d"]
-    assert by_id[str(ids.compensated)][1:4] == ["trip", "compensated", "-"]
-    assert re.fullmatch(r"\d+[sm]", by_id[str(ids.compensated)][4])  # built moments ago
-    assert by_id[str(ids.failed)][1:4] == ["trip", "failed", "hotel"]
-    assert by_id[str(ids.compensating)][1:4] == ["trip", "compensating", "hotel"]
-    assert by_id[str(ids.running)][1:4] == ["trip", "running", "hotel"]
+    assert by_id[str(ids.completed)][1:6] == ["trip", "1", "completed", "-", "2d"]
+    assert by_id[str(ids.payment)][1:6] == ["payment", "1", "completed", "-", "2d"]
+    assert by_id[str(ids.compensated)][1:5] == ["trip", "1", "compensated", "-"]
+    assert re.fullmatch(r"\d+[sm]", by_id[str(ids.compensated)][5])  # built moments ago
+    assert by_id[str(ids.failed)][1:5] == ["trip", "1", "failed", "hotel"]
+    assert by_id[str(ids.compensating)][1:5] == ["trip", "1", "compensating", "hotel"]
+    assert by_id[str(ids.running)][1:5] == ["trip", "1", "running", "hotel"]
     failed_line = next(line for line in lines if line.startswith(str(ids.failed)))
     error = stored(db, ids.failed)["error"]
     assert len(error) > 60
@@ -184,13 +184,17 @@ def test_list_json_matches_the_store(
         assert set(saga) == {
             "saga_id",
             "saga_type",
+            "saga_version",
             "correlation_id",
             "status",
             "current_step",
             "created_at",
             "updated_at",
             "error",
+            "stranded",
         }
+        assert saga["saga_version"] == 1
+        assert saga["stranded"] is None
         for key in ("saga_type", "correlation_id", "status", "created_at", "updated_at", "error"):
             assert saga[key] == document[key], key
     failed = next(s for s in sagas if s["saga_id"] == str(ids.failed))

@@ -259,11 +259,11 @@ RANGES = {
         "self.orchestrator.register(OrderFulfillmentSaga.saga_type, self.saga)",
         "self.orchestrator.register(OrderFulfillmentSaga.saga_type, self.saga)",
     ),
-    ("examples/order_fulfillment/shop.py", 115, 123): (
+    ("examples/order_fulfillment/shop.py", 121, 129): (
         "def saga(self, order: OrderData) -> OrderFulfillmentSaga:",
         ")",
     ),
-    ("examples/order_fulfillment/shop.py", 216, 226): (
+    ("examples/order_fulfillment/shop.py", 222, 232): (
         "async def check_invariants(self) -> list[str]:",
         '"""',
     ),
@@ -296,7 +296,7 @@ RANGES = {
     ("examples/order_fulfillment/services.py", 713, 763): ("async def create(", "return result"),
     ("examples/order_fulfillment/services.py", 765, 799): ("async def cancel(", ")"),
     ("examples/order_fulfillment/services.py", 862, 886): ("async def send_email(", ")"),
-    ("examples/order_fulfillment/db.py", 81, 95): (
+    ("examples/order_fulfillment/db.py", 88, 102): (
         "def _in_transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:",
         "return await anyio.to_thread.run_sync(self._in_transaction, fn)",
     ),

@@ -59,17 +59,22 @@ def test_home_page_example_is_the_readme_first_saga() -> None:
     """docs/index.md includes docs/snippets/first_saga.py, which is the README's first saga
     verbatim (and tests/test_readme.py runs that)."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    snippet = (ROOT / "docs" / "snippets" / "first_saga.py").read_text(encoding="utf-8")
-    assert _python_blocks(readme)[0] == snippet
+    snippets = ROOT / "docs" / "snippets"
+    module = (snippets / "first_saga.py").read_text(encoding="utf-8")
+    script = (snippets / "first_saga_run.py").read_text(encoding="utf-8")
+    assert _python_blocks(readme)[:2] == [module, script]
     index = (ROOT / "docs" / "index.md").read_text(encoding="utf-8")
     assert '--8<-- "docs/snippets/first_saga.py"' in index
+    assert '--8<-- "docs/snippets/first_saga_run.py"' in index
 
 
 def test_readme_links_to_existing_screenshots() -> None:
-    """The README's Documentation section links screenshots that are in the repository."""
+    """The README's Documentation section links the screenshots that `scripts/screenshots`
+    takes, and they are in the repository."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     shots = re.findall(r"\]\((docs/assets/screenshot-[a-z]+\.png)\)", readme)
-    assert len(shots) == 4
+    names = ("home", "tutorial", "concepts", "reference", "search")
+    assert sorted(shots) == sorted(f"docs/assets/screenshot-{name}.png" for name in names)
     for shot in shots:
         assert (ROOT / shot).is_file(), shot
 

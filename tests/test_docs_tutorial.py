@@ -16,6 +16,9 @@ The tutorial's crash step is run for real: the command that waits for a hotel th
 answers is started, the test waits until the saga is stored as running at that step (reading
 the SQLite file read-only, with a deadline), kills it with SIGKILL, and the page's next
 commands (the admin CLI, the recovery script) must then show what the page says.
+
+Here the walk-through runs with this checkout's venv; tests/test_fresh_venv.py follows it
+(``walk_tutorial``) with only the built wheel installed in a fresh venv.
 """
 
 from __future__ import annotations
@@ -30,7 +33,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-import venv
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -245,19 +247,24 @@ class Killed:
     saga_id: str
     returncode: int
     stdout: str
+    stderr: str
 
 
 def start_and_kill(
-    line: str, cwd: Path, expected_output: tuple[str, ...], sig: signal.Signals
+    line: str,
+    cwd: Path,
+    expected_output: tuple[str, ...],
+    sig: signal.Signals,
+    python: Path = Path(sys.executable),
 ) -> Killed:
     """Start the command that waits forever, wait until its saga is stored as running at
     book_hotel and it printed what the page shows, then send ``sig``."""
     out_path = cwd / f"killed-{sig.name}.out"
-    command = argv(line, Path(sys.executable))
+    command = argv(line, python)
     if sig is signal.SIGINT:
         # As in a terminal: Python turns SIGINT into KeyboardInterrupt only if it does not
         # start with SIGINT ignored, which it inherits when pytest runs as a background job.
-        command = [sys.executable, "-c", _WITH_DEFAULT_SIGINT, *command]
+        command = [str(python), "-c", _WITH_DEFAULT_SIGINT, *command]
     with out_path.open("w") as out:
         process = subprocess.Popen(
             command,
@@ -280,12 +287,12 @@ def start_and_kill(
 
         wait_until(stored_running_and_printed, "the saga stored as running at book_hotel", process)
         process.send_signal(sig)
-        process.communicate(timeout=WAIT_SECONDS)
+        _, stderr = process.communicate(timeout=WAIT_SECONDS)
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
-    return Killed(saga_id[0], process.returncode, out_path.read_text())
+    return Killed(saga_id[0], process.returncode, out_path.read_text(), stderr)
 
 
 # ---------------------------------------------------------------------- the tutorial
@@ -301,20 +308,51 @@ class Walkthrough:
     killed: Killed | None = None
 
 
-@pytest.fixture(scope="module")
-def walkthrough(tmp_path_factory: pytest.TempPathFactory) -> Walkthrough:
-    """The whole tutorial, followed once in page order in a fresh directory."""
-    folder = tmp_path_factory.mktemp("reader")
+def walk_tutorial(folder: Path, python: Path = Path(sys.executable)) -> Walkthrough:
+    """The whole tutorial, followed once in page order in ``folder`` with ``python``'s venv:
+    its files saved, its commands run, the crash step killed with SIGKILL."""
     save_files(_TUTORIAL, folder)
     done = Walkthrough(folder)
     for command in _TUTORIAL.commands:
         if CRASH_FLAG in command.line:
-            done.killed = start_and_kill(command.line, folder, command.expected, signal.SIGKILL)
+            done.killed = start_and_kill(
+                command.line, folder, command.expected, signal.SIGKILL, python=python
+            )
             done.outputs[command.id] = done.killed
             continue
         replace_id = done.killed.saga_id if done.killed and _UUID.search(command.line) else None
-        done.outputs[command.id] = run(command.line, folder, replace_id=replace_id)
+        done.outputs[command.id] = run(command.line, folder, python=python, replace_id=replace_id)
     return done
+
+
+def assert_printed_what_the_page_shows(command: Command, walkthrough: Walkthrough) -> None:
+    """The command exited as the page implies (killed by SIGKILL, or 0 with nothing on
+    stderr) and printed exactly the output shown under it."""
+    outcome = walkthrough.outputs[command.id]
+    if isinstance(outcome, Killed):
+        assert outcome.returncode == -signal.SIGKILL
+        assert outcome.stderr == ""
+    else:
+        assert outcome.returncode == 0, outcome.stderr
+        assert outcome.stderr == ""
+    assert_prints(command, outcome.stdout)
+
+
+def assert_recovered_without_redoing_the_flight(walkthrough: Walkthrough) -> None:
+    """Stored after the walk-through: completed; the flight ran once, the hotel twice."""
+    assert walkthrough.killed is not None
+    sagas = {saga["saga_id"]: saga for saga in stored_sagas(walkthrough.folder / "trips.db")}
+    saga = sagas[walkthrough.killed.saga_id]
+    assert saga["status"] == "completed"
+    attempts = {step["name"]: step["attempts"] for step in saga["steps"]}
+    assert attempts == {"book_flight": 1, "book_hotel": 2, "charge_card": 1}
+    assert [saga["status"] for saga in sagas.values()].count("compensated") == 1
+
+
+@pytest.fixture(scope="module")
+def walkthrough(tmp_path_factory: pytest.TempPathFactory) -> Walkthrough:
+    """The whole tutorial, followed once in page order in a fresh directory."""
+    return walk_tutorial(tmp_path_factory.mktemp("reader"))
 
 
 def test_tutorial_includes_every_tutorial_snippet() -> None:
@@ -331,13 +369,7 @@ def test_tutorial_command_prints_what_the_page_shows(
     command: Command, walkthrough: Walkthrough
 ) -> None:
     """Run in page order: each command prints exactly the output shown under it."""
-    outcome = walkthrough.outputs[command.id]
-    if isinstance(outcome, Killed):
-        assert outcome.returncode == -signal.SIGKILL
-    else:
-        assert outcome.returncode == 0, outcome.stderr
-        assert outcome.stderr == ""
-    assert_prints(command, outcome.stdout)
+    assert_printed_what_the_page_shows(command, walkthrough)
 
 
 @pytest.mark.slow
@@ -345,13 +377,7 @@ def test_killed_saga_is_finished_by_recovery_without_redoing_the_flight(
     walkthrough: Walkthrough,
 ) -> None:
     """Stored after the walk-through: completed; the flight ran once, the hotel twice."""
-    assert walkthrough.killed is not None
-    sagas = {saga["saga_id"]: saga for saga in stored_sagas(walkthrough.folder / "trips.db")}
-    saga = sagas[walkthrough.killed.saga_id]
-    assert saga["status"] == "completed"
-    attempts = {step["name"]: step["attempts"] for step in saga["steps"]}
-    assert attempts == {"book_flight": 1, "book_hotel": 2, "charge_card": 1}
-    assert [saga["status"] for saga in sagas.values()].count("compensated") == 1
+    assert_recovered_without_redoing_the_flight(walkthrough)
 
 
 @pytest.mark.slow
@@ -397,30 +423,3 @@ def test_concept_snippet_prints_what_its_page_shows(
     outcome = run(command.line, tmp_path)
     assert outcome.returncode == 0, outcome.stderr
     assert_prints(command, outcome.stdout)
-
-
-# ---------------------------------------------------------------------- a fresh venv
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(300)
-def test_reader_in_a_fresh_venv_gets_a_saga_that_compensates(tmp_path: Path, wheel: Path) -> None:
-    """A reader following only the tutorial, in a fresh venv, gets a working saga that
-    compensates: the wheel alone installed, the page's files saved, its command run."""
-    env_dir = tmp_path / "venv"
-    venv.create(env_dir, with_pip=True)
-    python = env_dir / "bin" / "python"
-    subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", wheel],
-        check=True,
-        capture_output=True,
-    )
-    reader = tmp_path / "trips"
-    reader.mkdir()
-    save_files(_TUTORIAL, reader)
-    compensating = next(
-        c for c in _TUTORIAL.commands if any(": compensated" in line for line in c.expected)
-    )
-    outcome = run(compensating.line, reader, python=python)
-    assert outcome.returncode == 0, outcome.stderr
-    assert_prints(compensating, outcome.stdout)

@@ -76,7 +76,7 @@ async def outbox_repository(
         async with schema.repository() as repository:
             yield repository
         return
-    async with SQLiteSagaRepository(tmp_path / "outbox.db") as repository:
+    async with SQLiteSagaRepository(tmp_path / "outbox.db", outbox=True) as repository:
         yield repository
 
 
@@ -481,8 +481,9 @@ async def test_sqlite_outbox_can_be_turned_off(tmp_path: Path) -> None:
     path = tmp_path / "off.db"
     async with SQLiteSagaRepository(path, outbox=False) as repo:
         assert repo.stores_events is False
-        assert SQLiteSagaRepository.stores_events is True
-        assert SQLiteSagaRepository(path).stores_events is True
+        assert SQLiteSagaRepository.stores_events is False
+        assert SQLiteSagaRepository(path, outbox=True).stores_events is True
+        assert SQLiteSagaRepository(path).stores_events is False  # off by default
         log = EventLog()  # the orchestrator still builds events, for this listener
         result = await SagaOrchestrator(repo, listeners=[log]).execute(TripSaga(TripData()))
         assert result.status is SagaStatus.COMPLETED
@@ -497,7 +498,7 @@ async def test_sqlite_saga_row_rolls_back_when_its_events_cannot_be_written(
     """Events commit with the row or not at all: when inserting them fails, the update is
     rolled back too."""
     path = tmp_path / "atomic.db"
-    async with SQLiteSagaRepository(path) as repo:
+    async with SQLiteSagaRepository(path, outbox=True) as repo:
         context = new_context()
         await repo.create(context, encode_context(context), [event(context, 1)])
         with closing(sqlite3.connect(path)) as db, db:
@@ -519,7 +520,7 @@ async def test_sqlite_saga_row_rolls_back_when_its_events_cannot_be_written(
 
 async def test_sqlite_marks_more_ids_than_one_statement_takes(tmp_path: Path) -> None:
     """mark_sent with 1,200 ids (more than SQLite binds in one statement) marks them all."""
-    async with SQLiteSagaRepository(tmp_path / "many.db") as repo:
+    async with SQLiteSagaRepository(tmp_path / "many.db", outbox=True) as repo:
         context = new_context()
         events = [event(context, sequence) for sequence in range(1, 1201)]
         await repo.create(context, encode_context(context), events)
@@ -531,7 +532,7 @@ async def test_sqlite_marks_more_ids_than_one_statement_takes(tmp_path: Path) ->
 
 async def test_sqlite_purge_needs_an_aware_cutoff(tmp_path: Path) -> None:
     """A naive cutoff is ambiguous: ValueError, nothing deleted."""
-    async with SQLiteSagaRepository(tmp_path / "naive.db") as repo:
+    async with SQLiteSagaRepository(tmp_path / "naive.db", outbox=True) as repo:
         with pytest.raises(ValueError, match="timezone-aware"):
             await repo.purge_sent_before(datetime(2026, 1, 1))  # noqa: DTZ001
 
@@ -577,7 +578,7 @@ async def test_sqlite_file_from_before_the_outbox_is_upgraded(tmp_path: Path) ->
         db.execute("ATTACH DATABASE ? AS scratch", (str(scratch),))
         db.execute("INSERT INTO sagas SELECT * FROM scratch.sagas")
 
-    async with SQLiteSagaRepository(old) as repo:
+    async with SQLiteSagaRepository(old, outbox=True) as repo:
         before = await repo.get(saga.context.saga_id)
         assert before is not None
         assert before.status is SagaStatus.RUNNING
@@ -596,6 +597,7 @@ async def test_sqlite_file_from_before_the_outbox_is_upgraded(tmp_path: Path) ->
         (1, "0001_initial.sql"),
         (2, "0002_failed_index.sql"),
         (3, "0003_outbox.sql"),
+        (4, "0004_stranded.sql"),
     ]
     sequences = [e.sequence for e in publisher.accepted]
     assert sequences == list(range(before.event_sequence + 1, after.event_sequence + 1))
@@ -647,7 +649,7 @@ async def test_sqlite_events_survive_a_killed_process(tmp_path: Path) -> None:
     killed = await anyio.to_thread.run_sync(_run_and_kill, path, 9, 3)
     assert killed.returncode == -signal.SIGKILL
 
-    async with SQLiteSagaRepository(path) as repo:
+    async with SQLiteSagaRepository(path, outbox=True) as repo:
         publisher = RecordingPublisher()
         assert await drain(OutboxRelay(repo, publisher, batch_size=10)) == len(killed.events)
         sagas = {s.saga_id: s for s in await repo.list_sagas()}

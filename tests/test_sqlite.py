@@ -6,6 +6,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 
 import anyio
@@ -35,7 +36,7 @@ async def test_fresh_file_gets_the_current_schema(tmp_path: Path) -> None:
         pass
     async with SQLiteSagaRepository(path):  # reopening migrates nothing more
         pass
-    with sqlite3.connect(path) as db:
+    with closing(sqlite3.connect(path)) as db, db:
         versions = db.execute("SELECT version, name FROM saga_schema_migrations").fetchall()
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
         journal = db.execute("PRAGMA journal_mode").fetchone()[0]
@@ -43,6 +44,7 @@ async def test_fresh_file_gets_the_current_schema(tmp_path: Path) -> None:
         (1, "0001_initial.sql"),
         (2, "0002_failed_index.sql"),
         (3, "0003_outbox.sql"),
+        (4, "0004_stranded.sql"),
     ]
     assert {
         "sagas",
@@ -70,9 +72,9 @@ def test_processes_starting_together_migrate_once(tmp_path: Path) -> None:
     for child in children:
         _, err = child.communicate(timeout=60)
         assert child.returncode == 0, err
-    with sqlite3.connect(path) as db:
+    with closing(sqlite3.connect(path)) as db, db:
         migrations = db.execute("SELECT count(*) FROM saga_schema_migrations").fetchone()[0]
-    assert migrations == 3  # each migration applied once, not once per process
+    assert migrations == 4  # each migration applied once, not once per process
 
 
 @pytest.mark.slow
@@ -89,7 +91,7 @@ def test_several_processes_share_one_file(tmp_path: Path) -> None:
         reports.append(json.loads(out.strip().splitlines()[-1]))
     assert [r["errors"] for r in reports] == [[], [], []]
     assert sum(r["completed"] for r in reports) == 120
-    with sqlite3.connect(path) as db:
+    with closing(sqlite3.connect(path)) as db, db:
         statuses = db.execute("SELECT status, count(*) FROM sagas GROUP BY status").fetchall()
     assert statuses == [("completed", 120)]
 
@@ -125,7 +127,7 @@ async def test_malformed_stored_row_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "bad.db"
     async with SQLiteSagaRepository(path) as repo:
         result = await SagaOrchestrator(repo).execute(TripSaga(TripData()))
-    with sqlite3.connect(path) as db:
+    with closing(sqlite3.connect(path)) as db, db:
         db.execute("UPDATE sagas SET state = '{\"format\": 1}'")
     async with SQLiteSagaRepository(path) as repo:
         with pytest.raises(SerializationError, match="malformed"):
@@ -147,7 +149,7 @@ async def test_recover_goes_on_past_an_unreadable_row(tmp_path: Path) -> None:
             with anyio.move_on_after(0.1):
                 await SagaOrchestrator(repo).execute(saga)
     broken = str(sagas[0].context.saga_id)
-    with sqlite3.connect(path) as db:
+    with closing(sqlite3.connect(path)) as db, db:
         state = db.execute("SELECT state FROM sagas WHERE saga_id = ?", (broken,)).fetchone()[0]
         renamed = state.replace("tests.sagas:TripData", "tests.sagas:RenamedSinceThen")
         db.execute("UPDATE sagas SET state = ? WHERE saga_id = ?", (renamed, broken))
@@ -168,7 +170,7 @@ async def test_tools_can_read_sagas_whose_code_is_not_installed(tmp_path: Path) 
     path = tmp_path / "foreign.db"
     async with SQLiteSagaRepository(path) as repo:
         result = await SagaOrchestrator(repo).execute(TripSaga(TripData()))
-    with sqlite3.connect(path) as db:
+    with closing(sqlite3.connect(path)) as db, db:
         state = db.execute("SELECT state FROM sagas").fetchone()[0]
         db.execute("UPDATE sagas SET state = ?", (state.replace("tests.sagas:", "gone.mod:"),))
 

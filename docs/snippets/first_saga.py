@@ -2,8 +2,6 @@ from dataclasses import dataclass
 from decimal import Decimal
 from uuid import UUID, uuid4
 
-import anyio
-
 from saga_orchestrator import (
     BaseSaga,
     SagaOrchestrator,
@@ -55,6 +53,3 @@ async def main() -> None:
         result = await orchestrator.execute(TransferSaga(TransferData(uuid4(), Decimal("25.00"))))
         assert result.status is SagaStatus.COMPENSATED
         print(result.status.value, "-", result.error)
-
-
-anyio.run(main)

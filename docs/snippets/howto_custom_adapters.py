@@ -51,6 +51,7 @@ class DictSagaRepository:
     """A SagaRepository (and SagaStatusCounter) in a dict, creation order kept."""
 
     stores_events = False  # True only if create/update store `events` in the same write
+    process_local = True  # no other process reads it: data classes in __main__ are fine
 
     def __init__(self) -> None:
         self._rows: dict[UUID, _Row] = {}

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
+from importlib import import_module
 from pathlib import Path
 from uuid import UUID, uuid4
 
@@ -73,4 +74,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Run this file as a module, not as __main__: stored sagas name their data class by
+    # module (this_file:PingData), and every process that reads them must import it.
+    import_module(Path(__file__).stem).main()

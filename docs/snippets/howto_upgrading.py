@@ -5,8 +5,8 @@
 Each version runs in its own process, as a deployment would, and is killed with a saga in
 flight: version 1 starts a payment; version 2 changes the data class and the steps; version 3
 adds a field without a default. The data class is stored by module and name (here
-`__main__:PaymentData`; in a service, something like `payments.saga:PaymentData`), so each
-version reads the stored data with its own class.
+`howto_upgrading:PaymentData`; in a service, something like `payments.saga:PaymentData`), so
+each version reads the stored data with its own class.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from decimal import Decimal
+from importlib import import_module
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -30,7 +31,6 @@ from saga_orchestrator import (
     SerializationError,
     SQLiteSagaRepository,
 )
-from saga_orchestrator.errors import SagaDefinitionMismatchError
 from saga_orchestrator.testing import FaultInjector
 
 VERSION = int(sys.argv[2]) if len(sys.argv) > 2 else 0
@@ -62,9 +62,10 @@ else:
 
 
 class PaymentSagaV1(BaseSaga[PaymentData]):
-    """The version-1 definition, kept until no stored `payment` saga needs it."""
+    """Definition version 1, kept registered until no stored version-1 saga needs it."""
 
     saga_type = "payment"
+    saga_version = 1
 
     def define_steps(self) -> list[SagaStep[PaymentData]]:
         return [SagaStep("authorize", self.noop), SagaStep("capture", self.noop)]
@@ -74,9 +75,10 @@ class PaymentSagaV1(BaseSaga[PaymentData]):
 
 
 class PaymentSaga(BaseSaga[PaymentData]):
-    """The version-2 definition: "capture" became two steps, so it gets a new saga_type."""
+    """Definition version 2: "capture" became two steps. Same saga_type, a new version."""
 
-    saga_type = "payment.v2"
+    saga_type = "payment"
+    saga_version = 2
 
     def define_steps(self) -> list[SagaStep[PaymentData]]:
         return [
@@ -90,6 +92,7 @@ class PaymentSaga(BaseSaga[PaymentData]):
 
 
 OLD = UUID(int=1)
+UNFINISHED = [SagaStatus.PENDING, SagaStatus.RUNNING, SagaStatus.COMPENSATING, SagaStatus.FAILED]
 
 
 async def version_1(db: str) -> None:
@@ -102,29 +105,28 @@ async def version_1(db: str) -> None:
 
 async def version_2(db: str) -> None:
     async with SQLiteSagaRepository(db) as repository:
-        wrong = SagaOrchestrator(repository)
-        wrong.register("payment", PaymentSaga)  # the old type, rebuilt with the new steps
-        try:
-            await wrong.resume(OLD)
-        except SagaDefinitionMismatchError as exc:
-            print(f"resume refused: {exc}")
+        careless = SagaOrchestrator(repository)
+        careless.register("payment", PaymentSaga)  # the new definition only
+        report = await careless.recover()
+        for skipped in report.skipped:  # loud, never silently pending
+            print(f"skipped: {skipped.reason}")
+        print(f"stranded: {[str(s.saga_id) for s in await repository.list_stranded()]}")
 
         orchestrator = SagaOrchestrator(repository)
-        orchestrator.register("payment", PaymentSagaV1)  # drain old sagas on the old steps
-        orchestrator.register("payment.v2", PaymentSaga)
+        orchestrator.register("payment", PaymentSagaV1, version=1)  # side by side, to drain
+        orchestrator.register("payment", PaymentSaga)  # version 2, as the class says
         for result in await orchestrator.recover():
-            print(f"recovered: {result.saga_type} {result.status.value} {result.data}")
+            print(f"recovered: v{result.saga_version} {result.status.value} {result.data}")
         new = PaymentSaga(PaymentData(UUID(int=2), Decimal("25.00")))
         new.context.saga_id = UUID(int=2)
         result = await orchestrator.execute(new)
-        print(f"new: {result.saga_type} {result.status.value} {result.data}")
-        left = await orchestrator.list_sagas(
-            statuses=[SagaStatus.RUNNING, SagaStatus.COMPENSATING, SagaStatus.FAILED],
-            saga_type="payment",
-        )
-        print(f"old 'payment' sagas left to drain or retry: {len(left)}")
+        print(f"new: v{result.saga_version} {result.status.value} {result.data}")
+        stored = await orchestrator.list_sagas(statuses=UNFINISHED, saga_type="payment")
+        left = [context for context in stored if context.saga_version == 1]
+        print(f"version-1 sagas left to drain or retry: {len(left)}")
+        print(f"stranded now: {len(await repository.list_stranded())}")
 
-        # This process is killed in turn, with a payment.v2 saga in flight.
+        # This process is killed in turn, with a version-2 saga in flight.
         orchestrator.interceptors.append(FaultInjector().crash("send_receipt"))
         in_flight = PaymentSaga(PaymentData(UUID(int=3), Decimal("40.00")))
         in_flight.context.saga_id = UUID(int=3)
@@ -134,8 +136,8 @@ async def version_2(db: str) -> None:
 async def version_3(db: str) -> None:
     async with SQLiteSagaRepository(db) as repository:
         orchestrator = SagaOrchestrator(repository)
-        orchestrator.register("payment.v2", PaymentSaga)
-        resumed = await orchestrator.recover()  # logs saga.recovery.failed for the unreadable
+        orchestrator.register("payment", PaymentSaga)  # version 1 drained: no longer registered
+        resumed = await orchestrator.recover()  # reports (and logs) the unreadable one
         stuck = await repository.list_saga_ids(statuses=[SagaStatus.RUNNING])
         print(f"recover() resumed {len(resumed)}; still running, unreadable: {len(stuck)}")
         try:
@@ -158,4 +160,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Run this file as a module, not as __main__: stored sagas name their data class by
+    # module (howto_upgrading:PaymentData), and every version's process imports it.
+    import_module(Path(__file__).stem).main()

@@ -12,6 +12,8 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from importlib import import_module
+from pathlib import Path
 from uuid import UUID, uuid4
 
 import psycopg
@@ -71,8 +73,14 @@ async def serve(url: str, schema: str) -> None:
         connection.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
-if __name__ == "__main__":
+def main() -> None:
     if len(sys.argv) == 3:  # started by serve()
         asyncio.run(work(sys.argv[1], sys.argv[2]))
     else:
         asyncio.run(serve(sys.argv[1], f"howto_workers_{uuid4().hex[:8]}"))
+
+
+if __name__ == "__main__":
+    # Run this file as a module, not as __main__: stored sagas name their data class by
+    # module (this_file:PingData), and every worker process must import it by that name.
+    import_module(Path(__file__).stem).main()

@@ -1,19 +1,27 @@
 """The order-fulfilment demo: place orders with faults injected, then check the books.
 
-python -m order_fulfillment                 # a few hundred orders on a new SQLite file
-python -m order_fulfillment --db orders.db  # reuse a file: unfinished orders recover first
+python -m order_fulfillment                 # a few hundred orders on a temporary SQLite file
+python -m order_fulfillment --db orders.db  # keep the file; on a rerun, unfinished orders recover
 python -m order_fulfillment --serve         # the HTTP API instead
+
+Without --db the database lives in a new temporary folder that is deleted when the run ends
+(unless the process is killed). With --db the file stays, for
+`saga-orchestrator --db orders.db list` to inspect.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import random
+import shlex
+import shutil
 import sys
 import tempfile
 import time
 from collections import Counter
+from functools import partial
 from pathlib import Path
 from uuid import UUID
 
@@ -46,6 +54,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Run the order-fulfilment saga on SQLite: place orders with faults "
         "injected, then check that stock, money and emails add up. Exit status 0 when every "
         "invariant holds, 1 when one is broken, 2 for bad arguments.",
+        epilog="Without --db, the SQLite file is temporary: it is deleted when the run ends. "
+        "With --db PATH it is kept; `saga-orchestrator --db PATH list` lists its sagas.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--orders", type=int, default=300, help="orders to place")
@@ -54,7 +64,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--db",
         type=Path,
         default=argparse.SUPPRESS,
-        help="SQLite file to use (default: a new temporary file; orders.db with --serve)",
+        help="SQLite file to use, kept after the run (default: a temporary file, deleted at "
+        "the end; orders.db with --serve)",
     )
     parser.add_argument("--customers", type=int, default=100, help="demo customers to create")
     parser.add_argument("--stock", type=int, default=1000, help="initial stock per SKU")
@@ -129,9 +140,21 @@ def make_shop(args: argparse.Namespace, db: Path) -> Shop:
     )
 
 
-async def run(args: argparse.Namespace) -> int:
-    db = args.db or Path(tempfile.mkdtemp(prefix="order-saga-")) / "orders.db"
-    print(f"order-fulfilment demo: SQLite file {db}")
+def admin_command() -> str:
+    """How to call the admin CLI of the running interpreter's environment."""
+    beside = Path(sys.executable).parent / "saga-orchestrator"
+    if not beside.is_file():
+        return f"{shlex.quote(sys.executable)} -m saga_orchestrator.cli"
+    on_path = shutil.which("saga-orchestrator")
+    if on_path is not None and Path(on_path).resolve() == beside.resolve():
+        return "saga-orchestrator"
+    relative = os.path.relpath(beside)
+    return shlex.quote(str(beside) if relative.startswith("..") else relative)
+
+
+async def run(args: argparse.Namespace, db: Path, *, temporary: bool) -> int:
+    where = " (temporary: deleted at the end; --db PATH keeps it)" if temporary else ""
+    print(f"order-fulfilment demo: SQLite file {db}{where}")
     rng = random.Random(args.seed)
     async with make_shop(args, db) as shop:
         metrics = None
@@ -178,6 +201,16 @@ async def run(args: argparse.Namespace) -> int:
         if metrics is not None:
             args.metrics_out.write_bytes(await metrics.exposition())
             print(f"metrics written to {args.metrics_out}")
+    if temporary:
+        print(
+            "database: temporary, deleted as this run ends (--db PATH keeps the file, "
+            f"for {admin_command()} --db PATH list)"
+        )
+    else:
+        print(
+            f"database: kept in {db}; list its sagas with "
+            f"{admin_command()} --db {shlex.quote(str(db))} list"
+        )
     print("\ninvariants (whole database): stock conserved, money balances, no double charge,")
     print("net charged = total for completed orders and 0 otherwise, every saga terminal")
     for line in problems or ["all hold"]:
@@ -253,7 +286,10 @@ def main(argv: list[str] | None = None) -> int:
         from .api import serve
 
         return serve(args, make_shop(args, args.db or Path("orders.db")))
-    return anyio.run(run, args)
+    if args.db is not None:
+        return anyio.run(partial(run, args, args.db, temporary=False))
+    with tempfile.TemporaryDirectory(prefix="order-saga-") as folder:  # removed however it ends
+        return anyio.run(partial(run, args, Path(folder) / "orders.db", temporary=True))
 
 
 if __name__ == "__main__":

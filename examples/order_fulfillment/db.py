@@ -16,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TypeVar
 
+import anyio
 import anyio.to_thread
 
 T = TypeVar("T")
@@ -48,16 +49,21 @@ class ShopDatabase:
                 isolation_level=None,
                 check_same_thread=False,
             )
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=FULL")
-            schema = resources.files(__package__).joinpath("schema.sql").read_text("utf-8")
-            connection.execute("BEGIN IMMEDIATE")
             try:
-                for statement in _statements(schema):
-                    connection.execute(statement)
-                connection.execute("COMMIT")
+                connection.execute("PRAGMA journal_mode=WAL")
+                connection.execute("PRAGMA synchronous=FULL")
+                schema = resources.files(__package__).joinpath("schema.sql").read_text("utf-8")
+                connection.execute("BEGIN IMMEDIATE")
+                try:
+                    for statement in _statements(schema):
+                        connection.execute(statement)
+                    connection.execute("COMMIT")
+                except BaseException:
+                    if connection.in_transaction:
+                        connection.execute("ROLLBACK")
+                    raise
             except BaseException:
-                connection.execute("ROLLBACK")
+                connection.close()  # not usable (not a database, busy...): never left open
                 raise
             self._connection = connection
         return self._connection
@@ -72,7 +78,8 @@ class ShopDatabase:
                     self._connection.close()
                     self._connection = None
 
-        await anyio.to_thread.run_sync(run)
+        with anyio.CancelScope(shield=True):  # closes even in a cancelled task
+            await anyio.to_thread.run_sync(run)
 
     def _locked(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         with self._lock:

@@ -98,7 +98,11 @@ class Shop:
 
     async def __aenter__(self) -> Self:
         await self.db.open()
-        await self.repository.open()
+        try:
+            await self.repository.open()
+        except BaseException:
+            await self.db.close()  # the services' connection is not left open
+            raise
         return self
 
     async def __aexit__(
@@ -107,8 +111,10 @@ class Shop:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self.repository.close()
-        await self.db.close()
+        try:
+            await self.repository.close()
+        finally:
+            await self.db.close()
 
     # ------------------------------------------------------------------ orders
 

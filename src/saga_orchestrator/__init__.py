@@ -19,6 +19,7 @@ from .adapters import (
 )
 from .definitions import BaseSaga, SagaStep
 from .errors import (
+    MainModuleDataWarning,
     NonRetryableError,
     RetryableError,
     SagaAlreadyExistsError,
@@ -28,6 +29,7 @@ from .errors import (
     SagaLeaseError,
     SerializationError,
     StepRefusedError,
+    UnknownSagaVersionError,
 )
 from .events import SagaEvent, SagaEventType
 from .orchestrator import SagaOrchestrator
@@ -43,7 +45,15 @@ from .protocols import (
 from .registry import SagaRegistry
 from .retry import RetryPolicy, is_refusal
 from .runtime import Phase, StepRun, current_step
-from .state import SagaContext, SagaResult, SagaStatus, StepState, StepStatus
+from .state import (
+    RecoveryReport,
+    SagaContext,
+    SagaResult,
+    SagaStatus,
+    SkippedSaga,
+    StepState,
+    StepStatus,
+)
 from .worker import SagaWorker
 
 # A library never configures logging; this only keeps Python's last-resort handler quiet.
@@ -62,10 +72,12 @@ __all__ = [
     "InMemoryEventPublisher",
     "InMemoryIdempotencyStore",
     "InMemorySagaRepository",
+    "MainModuleDataWarning",
     "NonRetryableError",
     "OutboxRelay",
     "OutboxSource",
     "Phase",
+    "RecoveryReport",
     "RetryPolicy",
     "RetryableError",
     "SQLiteIdempotencyStore",
@@ -87,10 +99,12 @@ __all__ = [
     "SagaStep",
     "SagaWorker",
     "SerializationError",
+    "SkippedSaga",
     "StepRefusedError",
     "StepRun",
     "StepState",
     "StepStatus",
+    "UnknownSagaVersionError",
     "current_step",
     "is_refusal",
 ]

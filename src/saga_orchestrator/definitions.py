@@ -160,6 +160,10 @@ class BaseSaga(ABC, Generic[T]):
 
     saga_type: ClassVar[str]
     """Stable name of this kind of saga; stored with each saga and used for recovery."""
+    saga_version: ClassVar[int] = 1
+    """Version of this definition (an int >= 1), stored with each saga it starts. Bump it
+    when you change the steps, and register the old definition beside the new one while
+    sagas it started are in flight (``register(..., version=1)``; see "Upgrading")."""
     timeout_minutes: ClassVar[float | None] = None
     """Deadline from the saga's start; past it no forward step starts and the saga
     compensates. Stored as an absolute time, so it survives restarts."""
@@ -196,6 +200,11 @@ class BaseSaga(ABC, Generic[T]):
                 raise SagaDefinitionError(
                     f"{saga_type}: timeout_minutes={timeout!r} puts the deadline past the year 9999"
                 ) from None
+        saga_version = type(self).saga_version
+        if isinstance(saga_version, bool) or not isinstance(saga_version, int) or saga_version < 1:
+            raise SagaDefinitionError(
+                f"{saga_type}: saga_version must be an int >= 1, got {saga_version!r}"
+            )
         self._steps = self._validated_steps(saga_type)
         now = datetime.now(UTC)
         self.context = SagaContext(
@@ -206,6 +215,7 @@ class BaseSaga(ABC, Generic[T]):
             correlation_id=self.correlation_id(data),
             created_at=now,
             updated_at=now,
+            saga_version=saga_version,
             _saga=self,
         )
 
@@ -233,7 +243,15 @@ class BaseSaga(ABC, Generic[T]):
         raise KeyError(f"saga {self.saga_type!r} has no step {name!r}")
 
     def attach(self, context: SagaContext[T]) -> None:
-        """Adopt a stored context (recovery), checking that it matches this definition."""
+        """Adopt a stored context (recovery), checking that it matches this definition: the
+        same ``saga_type``, ``saga_version`` and step names."""
+        if context.saga_version != type(self).saga_version:
+            raise SagaDefinitionMismatchError(
+                f"stored saga {context.saga_id} ({context.saga_type}) was started by definition "
+                f"version {context.saga_version}, but {type(self).__qualname__} is version "
+                f"{type(self).saga_version}",
+                saga_id=context.saga_id,
+            )
         stored = [s.name for s in context.steps]
         defined = [s.name for s in self._steps]
         if stored != defined or context.saga_type != self.saga_type:

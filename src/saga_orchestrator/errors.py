@@ -13,6 +13,7 @@ from uuid import UUID
 
 __all__ = [
     "InvalidStepResultError",
+    "MainModuleDataWarning",
     "NonRetryableError",
     "RetryableError",
     "SagaAlreadyExistsError",
@@ -26,6 +27,7 @@ __all__ = [
     "SerializationError",
     "StepRefusedError",
     "UnknownSagaTypeError",
+    "UnknownSagaVersionError",
 ]
 
 
@@ -177,6 +179,19 @@ class SagaStateError(SagaError):
 
 class UnknownSagaTypeError(SagaError, LookupError):
     """No factory is registered for a stored saga's ``saga_type``, so it cannot be rebuilt."""
+
+
+class UnknownSagaVersionError(UnknownSagaTypeError):
+    """Factories are registered for the stored saga's ``saga_type``, but none builds its
+    definition version (``SagaContext.saga_version``): register the old definition beside
+    the new one until its sagas are finished (see "Upgrading")."""
+
+
+class MainModuleDataWarning(UserWarning):
+    """A saga's data (or a value in it) is a class defined in ``__main__``, the script being
+    run. It is stored as ``__main__:Name``, which no other process can import: ``recover()``
+    in another script, a worker and the CLI could not read the saga. Define the class in a
+    module and import it. Warned when such a value is first stored (at ``execute()``)."""
 
 
 class SagaLeaseError(SagaConflictError):

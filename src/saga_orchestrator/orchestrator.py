@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from contextvars import ContextVar
@@ -18,12 +19,14 @@ import anyio
 from .definitions import BaseSaga, SagaStep
 from .errors import (
     InvalidStepResultError,
+    MainModuleDataWarning,
     SagaAlreadyExistsError,
     SagaConflictError,
     SagaLeaseError,
     SagaNotFoundError,
     SagaStateError,
     SerializationError,
+    UnknownSagaTypeError,
 )
 from .events import SagaEvent, SagaEventType
 from .protocols import (
@@ -37,7 +40,15 @@ from .protocols import (
 from .registry import SagaFactory, SagaRegistry
 from .retry import DEFAULT_COMPENSATION_RETRY, DEFAULT_RETRY, RetryPolicy, is_refusal
 from .runtime import Phase, StepRun, SystemClock, _current
-from .serialization import dumps, encode_context, encode_value, loads
+from .serialization import (
+    _MAIN_MODULE_TYPES,
+    dumps,
+    encode_context,
+    encode_value,
+    loads,
+    main_module_warning,
+    take_main_module_types,
+)
 from .state import (
     ACTIVE_STATUSES,
     ErrorKind,
@@ -99,6 +110,11 @@ def _stopping() -> bool:
     return control is not None and control.stopping()
 
 
+class _Stranded(Exception):
+    """A claimed saga could not be rebuilt (no factory for its type or version, its factory
+    raised); it is marked stranded and handed back for a process that can resume it."""
+
+
 class _Parked(Exception):
     """The saga waits for a stored time; a worker releases it for any worker to resume."""
 
@@ -108,6 +124,8 @@ _control: ContextVar[_DriveControl | None] = ContextVar("saga_orchestrator_drive
 
 def _describe(error: BaseException) -> str:
     message = str(error)
+    if isinstance(error, UnknownSagaTypeError):  # its message says it all
+        return message
     return f"{type(error).__name__}: {message}" if message else type(error).__name__
 
 
@@ -186,9 +204,11 @@ class SagaOrchestrator:
 
     # ------------------------------------------------------------------ public API
 
-    def register(self, saga_type: str, factory: SagaFactory) -> None:
-        """Shortcut for ``orchestrator.registry.register``: how to rebuild ``saga_type``."""
-        self.registry.register(saga_type, factory)
+    def register(self, saga_type: str, factory: SagaFactory, *, version: int | None = None) -> None:
+        """Shortcut for ``orchestrator.registry.register``: how to rebuild ``saga_type`` (the
+        sagas of definition version ``version``, or of the version ``factory``'s sagas
+        declare)."""
+        self.registry.register(saga_type, factory, version=version)
 
     async def execute(self, saga: BaseSaga[T], *, on_workers: bool = False) -> SagaResult[T]:
         """Run ``saga`` to a terminal status and return its result.
@@ -290,34 +310,50 @@ class SagaOrchestrator:
             )
 
         async def resume(item: UUID | SagaContext[Any]) -> None:
-            saga_type: str | None = None
+            saga_id = item if isinstance(item, UUID) else item.saga_id
+            context: SagaContext[Any] | None = None
             async with limiter:
                 try:
                     context = await self.repository.get(item) if isinstance(item, UUID) else item
                     if context is None or context.is_terminal:
                         return  # finished meanwhile
-                    saga_type = context.saga_type
-                    if context.saga_type not in self.registry:
-                        reason = f"no factory registered for saga_type {context.saga_type!r}"
-                        report.skipped.append(
-                            SkippedSaga(context.saga_id, context.saga_type, reason)
-                        )
-                        logger.warning(
-                            "saga.recovery.skipped: %s (saga %s)",
-                            reason,
-                            context.saga_id,
-                            extra={"saga_id": str(context.saga_id)},
-                        )
-                        return
                     self.registry.rebuild(context)
+                except Exception as exc:
+                    # Unreadable, no factory for its type or version, its factory raised.
+                    skipped = SkippedSaga(
+                        saga_id,
+                        context.saga_type if context is not None else None,
+                        _describe(exc),
+                        context.saga_version if context is not None else None,
+                    )
+                    report.skipped.append(skipped)
+                    if isinstance(exc, UnknownSagaTypeError):  # no factory for type or version
+                        logger.warning(
+                            "saga.recovery.skipped: saga %s: %s",
+                            saga_id,
+                            skipped.reason,
+                            extra={"event": "saga.recovery.skipped", "saga_id": str(saga_id)},
+                        )
+                    else:
+                        logger.exception(
+                            "saga.recovery.failed: saga %s",
+                            saga_id,
+                            extra={"event": "saga.recovery.failed", "saga_id": str(saga_id)},
+                        )
+                    await self._strand(skipped)
+                    return
+                try:
                     self._reconcile_interrupted(context)
                     report.append(await self._drive(context))
                 except SagaConflictError as exc:
                     logger.warning("saga.recovery.conflict: %s", exc)
                 except Exception as exc:
-                    # One saga that cannot be read or resumed must not stop the others.
-                    saga_id = item if isinstance(item, UUID) else item.saga_id
-                    report.skipped.append(SkippedSaga(saga_id, saga_type, _describe(exc)))
+                    # One saga that cannot be resumed must not stop the others.
+                    report.skipped.append(
+                        SkippedSaga(
+                            saga_id, context.saga_type, _describe(exc), context.saga_version
+                        )
+                    )
                     logger.exception(
                         "saga.recovery.failed: saga %s",
                         saga_id,
@@ -495,7 +531,15 @@ class SagaOrchestrator:
         self, context: SagaContext[Any], control: _DriveControl
     ) -> SagaResult[Any] | None:
         """Drive a saga a worker claimed; None if it was parked (handed back) on a wait."""
-        self.registry.rebuild(context)
+        try:
+            self.registry.rebuild(context)
+        except Exception as exc:
+            await self._strand(
+                SkippedSaga(
+                    context.saga_id, context.saga_type, _describe(exc), context.saga_version
+                )
+            )
+            raise _Stranded(_describe(exc)) from exc
         self._reconcile_interrupted(context)
         token = _control.set(control)
         try:
@@ -517,6 +561,16 @@ class SagaOrchestrator:
             await self._release(context.saga_id)
             raise
         return SagaResult.from_context(context)
+
+    async def _strand(self, skipped: SkippedSaga) -> None:
+        """Mark a saga that could not be resumed as stranded, where the repository can."""
+        mark = getattr(self.repository, "mark_stranded", None)
+        if mark is None:
+            return
+        try:
+            await mark(skipped.saga_id, skipped.reason, saga_version=skipped.saga_version)
+        except Exception as exc:  # the report and the log still say it
+            logger.warning("saga.stranded.mark_failed: saga %s: %s", skipped.saga_id, exc)
 
     async def _release(self, saga_id: UUID) -> None:
         release = getattr(self.repository, "release", None)
@@ -1014,6 +1068,9 @@ class SagaOrchestrator:
         context.event_sequence = first_sequence + len(pending.items)
         try:
             state = encode_context(context)
+            if _MAIN_MODULE_TYPES and not getattr(self.repository, "process_local", False):
+                for cls in take_main_module_types():
+                    warnings.warn(main_module_warning(cls), MainModuleDataWarning, stacklevel=2)
             if expected == 0 and not lease:
                 create: Any = self.repository.create  # a repository with leases
                 await create(context, state, events, lease=False)

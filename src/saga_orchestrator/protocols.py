@@ -14,7 +14,7 @@ from uuid import UUID
 
 from .events import SagaEvent
 from .runtime import StepRun
-from .state import SagaContext, SagaStatus
+from .state import SagaContext, SagaStatus, SkippedSaga
 
 __all__ = [
     "Clock",
@@ -27,6 +27,7 @@ __all__ = [
     "SagaRepository",
     "SagaStatusCounter",
     "StepInterceptor",
+    "StrandingRecorder",
 ]
 
 
@@ -114,6 +115,29 @@ class SagaIdLister(Protocol):
         self, *, statuses: Collection[SagaStatus] | None = None, limit: int = 1000
     ) -> list[UUID]:
         """Ids of stored sagas with one of ``statuses`` (all if ``None``), oldest first."""
+        ...
+
+
+@runtime_checkable
+class StrandingRecorder(Protocol):
+    """Optional repository capability: remembering *stranded* sagas, unfinished sagas that
+    ``recover()`` or a worker could not resume (no factory for their type or definition
+    version, unreadable, their factory raised), so that ``saga-orchestrator list`` and the
+    ``saga_states`` metric show them. The built-in repositories have it.
+
+    A mark holds while the saga stays at the stored version it was marked at: as soon as any
+    process advances the saga, the mark no longer counts (nothing on the hot path clears it).
+    """
+
+    async def mark_stranded(
+        self, saga_id: UUID, reason: str, *, saga_version: int | None = None
+    ) -> None:
+        """Record that ``saga_id`` could not be resumed, and why (replacing an older mark).
+        Does nothing if no such saga is stored."""
+        ...
+
+    async def list_stranded(self, *, limit: int = 1000) -> list[SkippedSaga]:
+        """The unfinished sagas whose mark still holds, oldest mark first."""
         ...
 
 

@@ -112,6 +112,7 @@ def _too_deep() -> _Refused:
 
 
 _TYPE_PATHS: dict[type, str] = {}
+_MAIN_MODULE_TYPES: list[type] = []  # first stored since the last take_main_module_types()
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 _FIELDS: dict[type, tuple[dataclasses.Field[Any], ...]] = {}
 
@@ -125,8 +126,30 @@ def _type_path(cls: type) -> str:
                 f"{qualname} is defined inside a function and could not be rebuilt when read "
                 "back; define it at module level"
             )
+        if cls.__module__ == "__main__":
+            _MAIN_MODULE_TYPES.append(cls)
         path = _TYPE_PATHS[cls] = f"{cls.__module__}:{qualname}"
     return path
+
+
+def take_main_module_types() -> list[type]:
+    """The classes defined in ``__main__`` that were stored since the last call (each once per
+    process): the orchestrator warns about them
+    ([`MainModuleDataWarning`][saga_orchestrator.errors.MainModuleDataWarning])."""
+    found = list(_MAIN_MODULE_TYPES)
+    _MAIN_MODULE_TYPES.clear()
+    return found
+
+
+def main_module_warning(cls: type) -> str:
+    """The text of the [`MainModuleDataWarning`][saga_orchestrator.errors.MainModuleDataWarning]
+    for ``cls``."""
+    return (
+        f"{cls.__qualname__} is defined in __main__ (the script being run), so it is stored as "
+        f"'__main__:{cls.__qualname__}': another process (recover(), a worker, the CLI) cannot "
+        "import it to resume or show the saga. Define it in a module and import it from your "
+        "script."
+    )
 
 
 def _field_names(cls: type) -> tuple[str, ...]:
@@ -570,6 +593,8 @@ def encode_context(context: SagaContext[Any]) -> str:
         "steps": [_encode_step(step) for step in context.steps],
         "data": _encode_top(context.data, "data", _RECORD_DEPTH),
     }
+    if context.saga_version != 1:  # absent for version 1 (and in older rows)
+        document["saga_version"] = context.saga_version
     if context.error_history:  # absent in the sagas that never failed (and in older rows)
         document["error_history"] = [
             {"kind": r.kind.value, "message": r.message, "at": _dt(r.at), "step": r.step}
@@ -665,7 +690,17 @@ def _decode_document(document: Any) -> SagaContext[Any]:
         version=_count(document, "version"),
         event_sequence=_count(document, "event_sequence"),
         error_history=history,
+        saga_version=_saga_version(document),
     )
+
+
+def _saga_version(document: dict[str, Any]) -> int:
+    if "saga_version" not in document:
+        return 1
+    version = _count(document, "saga_version")
+    if version < 1:
+        raise _Refused(f"saga_version is {version}, not a version (>= 1)")
+    return version
 
 
 def _decode_error_record(raw: Any) -> ErrorRecord:

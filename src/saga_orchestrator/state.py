@@ -185,6 +185,9 @@ class SagaContext(Generic[T]):
     """Everything that went wrong, and every operator retry, in order. ``error`` says why the
     saga did not complete *now*; this keeps the whole story, also after a successful
     ``retry()`` (empty for sagas stored before 0.2, and for sagas that never failed)."""
+    saga_version: int = 1
+    """The definition version that started the saga (the class's ``saga_version``); resuming
+    uses the factory registered for this version. 1 for sagas stored before versions existed."""
     _saga: BaseSaga[T] | None = field(default=None, repr=False)
 
     @property
@@ -231,6 +234,8 @@ class SagaResult(Generic[T]):
     error_history: tuple[ErrorRecord, ...] = ()
     """Everything that went wrong, and every operator retry, in order (see
     ``SagaContext.error_history``)."""
+    saga_version: int = 1
+    """The definition version that ran the saga (see ``SagaContext.saga_version``)."""
 
     @property
     def succeeded(self) -> bool:
@@ -249,20 +254,27 @@ class SagaResult(Generic[T]):
             correlation_id=context.correlation_id,
             steps=tuple(s.copy() for s in context.steps),
             error_history=tuple(context.error_history),
+            saga_version=context.saga_version,
         )
 
 
 @dataclass(frozen=True, slots=True)
 class SkippedSaga:
-    """A saga that ``recover()`` left as it was, and why."""
+    """A saga that ``recover()`` (or a worker) left as it was, and why: a *stranded* saga.
+
+    Repositories that record strandings (all the bundled ones) return these from
+    ``list_stranded()``, which ``saga-orchestrator list`` and the ``saga_states`` metric read.
+    """
 
     saga_id: UUID
     """The saga."""
     saga_type: str | None
     """Its type, if its row could be read."""
     reason: str
-    """Why it was not resumed: no factory registered for its type, unreadable, or the error
-    that resuming it raised."""
+    """Why it was not resumed: no factory registered for its type (or for its definition
+    version), unreadable, or the error that resuming it raised."""
+    saga_version: int | None = None
+    """Its definition version, if its row could be read."""
 
 
 class RecoveryReport(list[SagaResult[Any]]):

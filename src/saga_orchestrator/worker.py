@@ -25,6 +25,10 @@ await SagaWorker(orchestrator, concurrency=32).run_until_signalled()
   hands back the sagas that are waiting, lets running steps finish for up to
   ``shutdown_grace_seconds``, then cancels the rest and releases their leases, so no saga
   stays stuck until a lease expires.
+- **Stranded sagas.** A claimed saga this worker cannot rebuild (no factory registered for
+  its ``saga_type`` or its definition version, or the factory raised) is marked stranded
+  (``saga-orchestrator list`` and ``saga_states{status="stranded"}`` show it) and put back
+  for ``STRANDED_RETRY_SECONDS``, so that a worker that has its definition can take it.
 """
 
 from __future__ import annotations
@@ -38,13 +42,16 @@ from uuid import UUID
 import anyio
 
 from .errors import SagaConflictError, SagaLeaseError
-from .orchestrator import SagaOrchestrator, _DriveControl
+from .orchestrator import SagaOrchestrator, _DriveControl, _Stranded
 from .outbox import OutboxRelay
 from .state import SagaContext
 
-__all__ = ["SagaWorker"]
+__all__ = ["STRANDED_RETRY_SECONDS", "SagaWorker"]
 
 logger = logging.getLogger("saga_orchestrator")
+
+STRANDED_RETRY_SECONDS = 60.0
+"""How long a saga this worker could not rebuild is put back before any worker retries it."""
 
 
 class _LeasingRepository(Protocol):
@@ -125,6 +132,8 @@ class SagaWorker:
         """Sagas handed back to wait for a stored time."""
         self.lost = 0
         """Sagas dropped because another process took them over (lease or version)."""
+        self.stranded = 0
+        """Claimed sagas this worker could not rebuild, marked stranded and put back."""
         self.handed_back = 0
         """Sagas released at shutdown, their running step cancelled."""
         self._stopping = False
@@ -248,6 +257,18 @@ class SagaWorker:
             with anyio.CancelScope(shield=True):
                 await self._release(saga_id)
             raise
+        except _Stranded as exc:
+            # This process cannot rebuild it (no factory for its type or definition version):
+            # marked stranded and put back for a minute, for a worker that can.
+            self.stranded += 1
+            logger.warning(
+                "saga.worker.stranded: saga %s is put back for %.0f s: %s",
+                saga_id,
+                STRANDED_RETRY_SECONDS,
+                exc,
+                extra={"event": "saga.worker.stranded", "saga_id": str(saga_id)},
+            )
+            await self._release(saga_id, delay_seconds=STRANDED_RETRY_SECONDS)
         except SagaConflictError as exc:
             self.lost += 1
             if not isinstance(exc, SagaLeaseError):

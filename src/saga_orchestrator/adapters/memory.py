@@ -17,7 +17,7 @@ from anyio.lowlevel import checkpoint
 from ..errors import SagaAlreadyExistsError, SagaConflictError
 from ..events import SagaEvent
 from ..serialization import decode_context
-from ..state import SagaContext, SagaStatus
+from ..state import SagaContext, SagaStatus, SkippedSaga
 
 __all__ = ["InMemoryEventPublisher", "InMemoryIdempotencyStore", "InMemorySagaRepository"]
 
@@ -35,11 +35,17 @@ class _Row:
 class InMemorySagaRepository:
     """A [`SagaRepository`][saga_orchestrator.protocols.SagaRepository] in a dict.
 
-    It also implements [`SagaStatusCounter`][saga_orchestrator.protocols.SagaStatusCounter].
+    It also implements [`SagaStatusCounter`][saga_orchestrator.protocols.SagaStatusCounter]
+    and [`StrandingRecorder`][saga_orchestrator.protocols.StrandingRecorder].
     """
+
+    process_local = True
+    """Its sagas live and die with this process: no other process can resume them, so data
+    classes defined in ``__main__`` are fine here (no ``MainModuleDataWarning``)."""
 
     def __init__(self) -> None:
         self._rows: dict[UUID, _Row] = {}
+        self._stranded: dict[UUID, tuple[int, int | None, str]] = {}
         self._counter = 0
         self.writes = 0
         """Committed writes, for tests that count transactions."""
@@ -135,6 +141,27 @@ class InMemorySagaRepository:
             if (statuses is None or row.status in statuses)
             and (saga_type is None or row.saga_type == saga_type)
         ][:limit]
+
+    async def mark_stranded(
+        self, saga_id: UUID, reason: str, *, saga_version: int | None = None
+    ) -> None:
+        """Record that ``saga_id`` could not be resumed, and why (see
+        [`StrandingRecorder`][saga_orchestrator.protocols.StrandingRecorder])."""
+        await checkpoint()
+        row = self._rows.get(saga_id)
+        if row is not None:
+            self._stranded.pop(saga_id, None)  # a new mark goes last
+            self._stranded[saga_id] = (row.version, saga_version, reason)
+
+    async def list_stranded(self, *, limit: int = 1000) -> list[SkippedSaga]:
+        """The unfinished sagas whose mark still holds, oldest mark first."""
+        await checkpoint()
+        found = []
+        for saga_id, (version, saga_version, reason) in self._stranded.items():
+            row = self._rows.get(saga_id)
+            if row is not None and row.version == version and not row.status.is_terminal:
+                found.append(SkippedSaga(saga_id, row.saga_type, reason, saga_version))
+        return found[:limit]
 
     async def count_by_status(
         self, statuses: Collection[SagaStatus]

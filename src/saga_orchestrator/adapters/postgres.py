@@ -51,7 +51,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
 from ..errors import SagaAlreadyExistsError, SagaConflictError, SagaLeaseError
 from ..events import SagaEvent, decode_event, encode_event
 from ..serialization import decode_context
-from ..state import SagaContext, SagaStatus
+from ..state import ACTIVE_STATUSES, SagaContext, SagaStatus, SkippedSaga
 from ._lifecycle import AsyncLifecycle
 
 logger = logging.getLogger("saga_orchestrator")
@@ -571,7 +571,8 @@ class PostgresSagaRepository(_PostgresBase):
     many processes on one database.
 
     It also implements [`SagaStatusCounter`][saga_orchestrator.protocols.SagaStatusCounter],
-    [`SagaIdLister`][saga_orchestrator.protocols.SagaIdLister] and
+    [`SagaIdLister`][saga_orchestrator.protocols.SagaIdLister],
+    [`StrandingRecorder`][saga_orchestrator.protocols.StrandingRecorder] and
     [`OutboxSource`][saga_orchestrator.protocols.OutboxSource]. Use it as an async context
     manager, or call ``open`` and ``close``, on one asyncio event loop (its pool belongs to the
     loop it was opened on; trio is not supported).
@@ -969,6 +970,41 @@ class PostgresSagaRepository(_PostgresBase):
         )
         return {(row[0], SagaStatus(row[1])): row[2] for row in rows}
 
+    async def mark_stranded(
+        self, saga_id: UUID, reason: str, *, saga_version: int | None = None
+    ) -> None:
+        """Record that ``saga_id`` could not be resumed, and why (see
+        [`StrandingRecorder`][saga_orchestrator.protocols.StrandingRecorder])."""
+        query = sql.SQL(
+            "INSERT INTO {} (saga_id, version, saga_version, reason)"
+            " SELECT saga_id, version, %s, %s FROM {} WHERE saga_id = %s"
+            " ON CONFLICT (saga_id) DO UPDATE SET version = excluded.version,"
+            " saga_version = excluded.saga_version, reason = excluded.reason,"
+            " marked_at = excluded.marked_at"
+        ).format(self._db.table("saga_stranded"), self._db.table("sagas"))
+        params = (saga_version, reason, saga_id)
+
+        async def op(connection: _Connection) -> None:
+            await connection.execute(query, params)
+
+        await self._db.write(("saga_stranded", str(saga_id)), op)
+
+    async def list_stranded(self, *, limit: int = 1000) -> list[SkippedSaga]:
+        """The unfinished sagas whose mark still holds, oldest mark first."""
+        rows = await self._db.fetchall(
+            sql.SQL(
+                "SELECT m.saga_id, s.saga_type, m.reason, m.saga_version FROM {} m"
+                " JOIN {} s ON s.saga_id = m.saga_id AND s.version = m.version"
+                " WHERE s.status IN ({}) ORDER BY m.marked_at, m.saga_id LIMIT %s"
+            ).format(
+                self._db.table("saga_stranded"),
+                self._db.table("sagas"),
+                _status_list(ACTIVE_STATUSES),
+            ),
+            (int(limit),),
+        )
+        return [SkippedSaga(row[0], row[1], row[2], row[3]) for row in rows]
+
     # ------------------------------------------------------------------ leases
 
     def _hold(self, saga_id: UUID, epoch: int, deadline: float) -> None:
@@ -1119,12 +1155,16 @@ class PostgresSagaRepository(_PostgresBase):
             self._hold(saga_id, epoch, self._local_deadline(sent_at))
             try:
                 claimed.append(decode_context(state))
-            except Exception:
+            except Exception as exc:
                 logger.exception(
                     "saga.claim.undecodable: saga %s is put back for a minute",
                     saga_id,
                     extra={"event": "saga.claim.undecodable", "saga_id": str(saga_id)},
                 )
+                try:
+                    await self.mark_stranded(saga_id, f"unreadable: {exc}")
+                except Exception as mark_exc:  # the log says it already
+                    logger.warning("saga.stranded.mark_failed: saga %s: %s", saga_id, mark_exc)
                 await self.release(saga_id, delay_seconds=60.0)
         return claimed
 

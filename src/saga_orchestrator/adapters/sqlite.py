@@ -35,7 +35,7 @@ import anyio.to_thread
 from ..errors import SagaAlreadyExistsError, SagaConflictError
 from ..events import SagaEvent, decode_event, encode_event
 from ..serialization import decode_context
-from ..state import ACTIVE_STATUSES, SagaContext, SagaStatus
+from ..state import ACTIVE_STATUSES, SagaContext, SagaStatus, SkippedSaga
 from ._lifecycle import AsyncLifecycle
 
 __all__ = ["SQLiteIdempotencyStore", "SQLiteSagaRepository", "migrate"]
@@ -98,7 +98,8 @@ def migrate(connection: sqlite3.Connection) -> list[str]:
         connection.execute("COMMIT")
         return done
     except BaseException:
-        connection.execute("ROLLBACK")
+        if connection.in_transaction:  # some errors (disk full, I/O) roll back themselves
+            connection.execute("ROLLBACK")
         raise
 
 
@@ -141,10 +142,15 @@ class _Database:
                     isolation_level=None,  # we issue BEGIN IMMEDIATE / COMMIT ourselves
                     check_same_thread=False,
                 )
-                connection.execute("PRAGMA journal_mode=WAL")
-                connection.execute(f"PRAGMA synchronous={self.synchronous}")
-                connection.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_seconds * 1000)}")
-                migrate(connection)
+                try:
+                    connection.execute("PRAGMA journal_mode=WAL")
+                    connection.execute(f"PRAGMA synchronous={self.synchronous}")
+                    busy_ms = int(self.busy_timeout_seconds * 1000)
+                    connection.execute(f"PRAGMA busy_timeout={busy_ms}")
+                    migrate(connection)
+                except BaseException:
+                    connection.close()  # not a usable store (or busy): never left open
+                    raise
                 self._connection = connection
             return self._connection
 
@@ -212,7 +218,10 @@ class _Database:
                     self._connection.close()
                     self._connection = None
 
-        await anyio.to_thread.run_sync(run)
+        # Shielded: a close in a cancelled scope (``__aexit__`` of a cancelled task) still
+        # closes the connection; anyio would otherwise raise before the thread starts.
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(run)
 
 
 class _SQLiteBase(AsyncLifecycle):
@@ -247,7 +256,8 @@ class _SQLiteBase(AsyncLifecycle):
 class SQLiteSagaRepository(_SQLiteBase):
     """A [`SagaRepository`][saga_orchestrator.protocols.SagaRepository] in one SQLite file.
 
-    It also implements [`SagaStatusCounter`][saga_orchestrator.protocols.SagaStatusCounter].
+    It also implements [`SagaStatusCounter`][saga_orchestrator.protocols.SagaStatusCounter]
+    and [`StrandingRecorder`][saga_orchestrator.protocols.StrandingRecorder].
     Use it as an async context manager, or call ``open`` and ``close``.
 
     Args:
@@ -260,17 +270,18 @@ class SQLiteSagaRepository(_SQLiteBase):
             place (for tools that only show sagas, like the admin CLI's `--db`).
         outbox: store each transition's lifecycle events in the ``saga_outbox`` table, in
             the transaction that records the transition (``stores_events``), for an
-            [`OutboxRelay`][saga_orchestrator.outbox.OutboxRelay] to publish. With
-            ``False``, no events are stored.
+            [`OutboxRelay`][saga_orchestrator.outbox.OutboxRelay] to publish. Off by default:
+            without a relay reading it the table would only grow; turn it on in every
+            process that writes the file when a relay publishes from it.
 
     With the outbox it also implements
     [`OutboxSource`][saga_orchestrator.protocols.OutboxSource]; sent events stay in the
     table until ``purge_sent_before`` deletes them.
     """
 
-    stores_events: bool = True
-    """Whether transitions store their events in the outbox (``False`` when made with
-    ``outbox=False``)."""
+    stores_events: bool = False
+    """Whether transitions store their events in the outbox (``True`` when made with
+    ``outbox=True``)."""
 
     def __init__(
         self,
@@ -279,13 +290,13 @@ class SQLiteSagaRepository(_SQLiteBase):
         synchronous: Synchronous = "FULL",
         busy_timeout_seconds: float = 30.0,
         keep_unknown_types: bool = False,
-        outbox: bool = True,
+        outbox: bool = False,
     ) -> None:
         """Set up the repository; the file is opened (and migrated) on first use."""
         super().__init__(path, synchronous=synchronous, busy_timeout_seconds=busy_timeout_seconds)
         self._keep_unknown_types = keep_unknown_types
-        if not outbox:
-            self.stores_events = False
+        if outbox:
+            self.stores_events = True
 
     def _outbox_rows(self, events: Sequence[SagaEvent]) -> list[tuple[str, int, str, str]] | None:
         # Encoded before the write is queued: an event that cannot be encoded fails its own
@@ -447,6 +458,37 @@ class SQLiteSagaRepository(_SQLiteBase):
             rows = await self._db.read(_fetch_all(query))
             counts.update({(row[0], SagaStatus(row[1])): row[2] for row in rows})
         return counts
+
+    async def mark_stranded(
+        self, saga_id: UUID, reason: str, *, saga_version: int | None = None
+    ) -> None:
+        """Record that ``saga_id`` could not be resumed, and why (see
+        [`StrandingRecorder`][saga_orchestrator.protocols.StrandingRecorder])."""
+        params = (saga_version, reason, datetime.now(UTC).isoformat(), str(saga_id))
+
+        def op(connection: sqlite3.Connection) -> None:
+            connection.execute(
+                "INSERT INTO saga_stranded (saga_id, version, saga_version, reason, marked_at)"
+                " SELECT saga_id, version, ?, ?, ? FROM sagas WHERE saga_id = ?"
+                " ON CONFLICT (saga_id) DO UPDATE SET version = excluded.version,"
+                " saga_version = excluded.saga_version, reason = excluded.reason,"
+                " marked_at = excluded.marked_at",
+                params,
+            )
+
+        await self._db.write(op)
+
+    async def list_stranded(self, *, limit: int = 1000) -> list[SkippedSaga]:
+        """The unfinished sagas whose mark still holds, oldest mark first."""
+        active = ", ".join(f"'{s.value}'" for s in ACTIVE_STATUSES)
+        rows = await self._db.read(
+            _fetch_all(
+                "SELECT m.saga_id, s.saga_type, m.reason, m.saga_version FROM saga_stranded m"
+                " JOIN sagas s ON s.saga_id = m.saga_id AND s.version = m.version"
+                f" WHERE s.status IN ({active}) ORDER BY m.marked_at, m.rowid LIMIT {int(limit)}"
+            )
+        )
+        return [SkippedSaga(UUID(row[0]), row[1], row[2], row[3]) for row in rows]
 
     async def fetch_unsent(self, limit: int) -> list[tuple[int, SagaEvent]]:
         """Up to ``limit`` events not yet marked sent, as ``(outbox id, event)``, oldest

@@ -266,31 +266,45 @@ async def run_list(orchestrator: SagaOrchestrator, args: argparse.Namespace) -> 
             if isinstance(entry, Unreadable)
             or (entry.created_at is not None and render.elapsed(entry.created_at, now) > older_than)
         ]
+    if args.saga_version is not None:
+        entries = [
+            entry
+            for entry in entries
+            if isinstance(entry, Unreadable) or entry.saga_version == args.saga_version
+        ]
+    stranded = await _stranded(orchestrator)
+    if args.stranded:
+        entries = [entry for entry in entries if str(entry.saga_id) in stranded]
     sagas = [entry for entry in entries if not isinstance(entry, Unreadable)]
     unreadable = [entry for entry in entries if isinstance(entry, Unreadable)]
     if args.json:
         documents = [
             {"saga_id": str(entry.saga_id), "unreadable": entry.reason}
             if isinstance(entry, Unreadable)
-            else render.summary(entry)
+            else {**render.summary(entry), "stranded": stranded.get(str(entry.saga_id))}
             for entry in entries
         ]
         print(json.dumps(documents, indent=2))
     elif not entries:
         print("no sagas match", file=sys.stderr)
     elif sagas:
-        headers = ["SAGA_ID", "TYPE", "STATUS", "STEP", "AGE", "ERROR"]
-        rows = [
-            [
-                str(context.saga_id),
-                context.saga_type,
-                context.status.value,
-                render.current_step(context) or "-",
-                render.age(context.created_at, now),
-                render.truncate(context.error or "", render.ERROR_WIDTH),
-            ]
-            for context in sagas
-        ]
+        headers = ["SAGA_ID", "TYPE", "VER", "STATUS", "STEP", "AGE", "ERROR"]
+        rows = []
+        for context in sagas:
+            reason = stranded.get(str(context.saga_id))
+            status = context.status.value + (" (stranded)" if reason is not None else "")
+            error = f"stranded: {reason}" if reason is not None else context.error or ""
+            rows.append(
+                [
+                    str(context.saga_id),
+                    context.saga_type,
+                    str(context.saga_version),
+                    status,
+                    render.current_step(context) or "-",
+                    render.age(context.created_at, now),
+                    render.truncate(error, render.ERROR_WIDTH),
+                ]
+            )
         print(render.table(headers, rows))
     for entry in unreadable:
         _report(f"saga {entry.saga_id} is unreadable: {entry.reason}")
@@ -299,6 +313,14 @@ async def run_list(orchestrator: SagaOrchestrator, args: argparse.Namespace) -> 
     if unreadable:
         raise Failed(f"{_plural(len(unreadable), 'saga')} cannot be read (named above)")
     return EXIT_OK
+
+
+async def _stranded(orchestrator: SagaOrchestrator) -> dict[str, str]:
+    """``{saga id: why}`` of the stranded sagas, where the repository records them."""
+    list_stranded = getattr(orchestrator.repository, "list_stranded", None)
+    if list_stranded is None:
+        return {}
+    return {str(s.saga_id): s.reason for s in await list_stranded(limit=1_000_000)}
 
 
 async def _by_prefix(orchestrator: SagaOrchestrator, prefix: str) -> UUID:
@@ -323,6 +345,7 @@ async def run_show(orchestrator: SagaOrchestrator, args: argparse.Namespace) -> 
         saga_id = await _by_prefix(orchestrator, saga_id)
     context = await _get(orchestrator, saga_id)
     detail = render.detail(context)
+    detail["stranded"] = (await _stranded(orchestrator)).get(str(context.saga_id))
     if args.json:
         print(json.dumps(detail, indent=2))
     else:

@@ -152,8 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     listing = command(
         "list",
         "list stored sagas, oldest first",
-        "List stored sagas, oldest first: id, type, status, current step (where a running, "
-        "compensating or failed saga is), age since it started, and error. A saga whose "
+        "List stored sagas, oldest first: id, type, definition version (VER), status, current "
+        "step (where a running, compensating or failed saga is), age since it started, and "
+        "error. An unfinished saga that recover() or a worker could not resume shows "
+        "'(stranded)' after its status and why in place of the error. A saga whose "
         "stored state cannot be read is named on stderr (in --json, an entry with its "
         "saga_id and an 'unreadable' reason) and the others are listed; the exit status is "
         "then 1.",
@@ -168,6 +170,17 @@ def build_parser() -> argparse.ArgumentParser:
         + ", ".join(status.value for status in SagaStatus),
     )
     listing.add_argument("--type", dest="saga_type", metavar="TYPE", help="only this saga_type")
+    listing.add_argument(
+        "--saga-version",
+        type=_positive_int,
+        metavar="N",
+        help="only sagas started by this definition version (with --type: is version N drained?)",
+    )
+    listing.add_argument(
+        "--stranded",
+        action="store_true",
+        help="only unfinished sagas that recover() or a worker could not resume",
+    )
     listing.add_argument(
         "--older-than",
         type=_duration,

@@ -49,6 +49,7 @@ def summary(context: SagaContext[Any]) -> dict[str, Any]:
     return {
         "saga_id": str(context.saga_id),
         "saga_type": context.saga_type,
+        "saga_version": context.saga_version,
         "correlation_id": context.correlation_id,
         "status": context.status.value,
         "current_step": current_step(context),
@@ -139,7 +140,7 @@ def detail_text(context: SagaContext[Any], detail: dict[str, Any], now: datetime
 
     header = [
         ("saga", str(context.saga_id)),
-        ("type", context.saga_type),
+        ("type", f"{context.saga_type} (definition version {context.saga_version})"),
         ("correlation id", context.correlation_id or "-"),
         ("status", context.status.value),
         ("created", when(context.created_at)),
@@ -148,6 +149,10 @@ def detail_text(context: SagaContext[Any], detail: dict[str, Any], now: datetime
         ("version", str(context.version)),
         ("error", context.error or "-"),
     ]
+    if detail.get("stranded"):
+        header.insert(
+            4, ("stranded", f"recover() or a worker could not resume it: {detail['stranded']}")
+        )
     lines = [f"{label:<15} {value}" for label, value in header]
     lines += ["", "steps"]
     current = current_step(context)

@@ -14,7 +14,9 @@ Metric names and labels are the ones the specification's Grafana dashboard queri
 - ``saga_duration_seconds{saga_type, status}`` (histogram): start to terminal status;
 - ``saga_step_failures_total{saga_type, step}``: failed step attempts;
 - ``saga_states{saga_type, status}`` (gauge): sagas currently in each non-terminal status, and
-  failed ones, counted in the repository, so the figure is right with many processes;
+  failed ones, counted in the repository, so the figure is right with many processes; plus
+  ``status="stranded"``: unfinished sagas that ``recover()`` or a worker could not resume
+  (also counted under their own status, so do not sum over ``status``);
 
 plus ``saga_step_duration_seconds{saga_type, step, outcome}``,
 ``saga_step_retries_total{saga_type, step}`` and
@@ -50,6 +52,9 @@ GAUGE_STATUSES = (
 )
 """Statuses ``saga_states`` reports: the ones that change or need attention. Completed and
 compensated sagas only accumulate; ``saga_executions_total`` counts them."""
+
+STRANDED_COUNT_LIMIT = 100_000
+"""At most this many stranded sagas are counted per refresh."""
 
 _TERMINAL = {
     SagaEventType.SAGA_COMPLETED: "completed",
@@ -162,6 +167,12 @@ class SagaStatesCollector(Collector):
         registry: where to register the collector (``None``: nowhere).
         saga_types: types to report (with zeros) before any saga of theirs is counted.
         statuses: the statuses to report.
+
+    Where the repository records stranded sagas
+    ([`StrandingRecorder`][saga_orchestrator.protocols.StrandingRecorder], as the built-in
+    ones do), every type also reports ``status="stranded"``: its unfinished sagas that
+    ``recover()`` or a worker could not resume (no factory for their type or definition
+    version, unreadable). They are also counted under their own status.
     """
 
     def __init__(
@@ -178,6 +189,7 @@ class SagaStatesCollector(Collector):
         """The statuses reported."""
         self._saga_types = set(saga_types)
         self._counts: dict[tuple[str, SagaStatus], int] = {}
+        self._stranded: dict[str, int] | None = None
         if registry is not None:
             registry.register(self)
 
@@ -186,6 +198,14 @@ class SagaStatesCollector(Collector):
         counts = await self.repository.count_by_status(self.statuses)
         self._saga_types.update(saga_type for saga_type, _ in counts)
         self._counts = counts
+        list_stranded = getattr(self.repository, "list_stranded", None)
+        if list_stranded is not None:
+            stranded: dict[str, int] = {}
+            for saga in await list_stranded(limit=STRANDED_COUNT_LIMIT):
+                saga_type = saga.saga_type or "unknown"
+                stranded[saga_type] = stranded.get(saga_type, 0) + 1
+            self._saga_types.update(stranded)
+            self._stranded = stranded
 
     async def run(self, interval_seconds: float = 15.0) -> None:
         """Refresh forever, every ``interval_seconds`` (run it in a task group)."""
@@ -206,4 +226,6 @@ class SagaStatesCollector(Collector):
                 family.add_metric(
                     [saga_type, status.value], self._counts.get((saga_type, status), 0)
                 )
+            if self._stranded is not None:
+                family.add_metric([saga_type, "stranded"], self._stranded.get(saga_type, 0))
         yield family

@@ -1,0 +1,4 @@
+import anyio
+from transfers import main
+
+anyio.run(main)
