@@ -10,10 +10,11 @@ claimed versions whose interpreter it finds. By hand:
 
 Each session has a virtualenv of its own under `.nox/`, kept between runs: the package (with
 its `test` extra) and the worked example (with its `api` extra) are installed again only when
-`pyproject.toml` or `examples/pyproject.toml` changed. A session runs the core, SQLite, broker
-and example tests: everything but the PostgreSQL tests and those marked slow (spawned
-processes, wheels, fresh venvs, docs builds), which the main run covers. An interpreter that
-is not installed skips its session; nox never downloads one.
+`pyproject.toml` or `examples/pyproject.toml` changed. A session runs the core, SQLite,
+contract-kit, upgrade, CLI and example tests (``CORE_TESTS``), without PostgreSQL and without
+those marked slow (spawned processes, wheels, fresh venvs, docs builds): the main run covers
+everything, on `.venv`'s Python. An interpreter that is not installed skips its session; nox
+never downloads one.
 """
 
 from __future__ import annotations
@@ -40,7 +41,22 @@ nox.options.reuse_venv = "yes"
 nox.options.download_python = "never"
 nox.options.error_on_missing_interpreters = False
 
-PYTEST = ["-p", "no:cacheprovider", "-q", "-k", "not postgres", "-m", "not slow"]
+CORE_TESTS = [
+    "tests/test_orchestrator.py",
+    "tests/test_machine.py",
+    "tests/test_serialization.py",
+    "tests/test_sqlite.py",
+    "tests/test_sqlite_connections.py",
+    "tests/test_contract_kit.py",
+    "tests/test_upgrade_from_0_1_0.py",
+    "tests/test_versions.py",
+    "tests/test_cli.py",
+    "tests/spec",
+    "tests/example",
+]
+"""What every claimed version runs: the engine, storage on SQLite, the CLI, the example."""
+
+PYTEST = ["-p", "no:cacheprovider", "-q", "-k", "not postgres", "-m", "not slow", *CORE_TESTS]
 
 
 def _requirements_hash() -> str:
@@ -52,7 +68,7 @@ def _requirements_hash() -> str:
 
 @nox.session(python=claimed_pythons())
 def tests(session: nox.Session) -> None:
-    """Core, SQLite, broker and example tests: no PostgreSQL, nothing marked slow."""
+    """Core, SQLite, CLI and example tests: no PostgreSQL, nothing marked slow."""
     stamp = Path(session.virtualenv.location) / ".saga-install-stamp"
     wanted = _requirements_hash()
     if stamp.is_file() and stamp.read_text() == wanted:

@@ -1295,8 +1295,9 @@ async def test_a_worker_needs_a_repository_with_leases(tmp_path: Path) -> None:
         with pytest.raises(TypeError) as error:
             SagaWorker(orch)
         assert str(error.value) == (
-            "SagaWorker needs a repository with leases (PostgresSagaRepository); "
-            f"{name} has no claim, release, release_all, wait_for_work"
+            "SagaWorker needs a repository with leases (LeasedSagaRepository, as "
+            f"PostgresSagaRepository); {name} has no claim, release, release_all, "
+            "wait_for_work, lease_guard"
         )
         register_all(orch, MemoryRecorder("x"))
         saga = JobSaga(JobData(), MemoryRecorder("x"))

@@ -55,7 +55,7 @@ class DictSagaRepository:
 
     def __init__(self) -> None:
         self._rows: dict[UUID, _Row] = {}
-        self.writes = 0  # the contract tests count writes through this attribute
+        self.writes = 0  # not part of the protocol: the demo below prints it
 
     async def create(
         self, context: SagaContext[Any], state: str, events: Sequence[SagaEvent] = ()

@@ -7,15 +7,16 @@ import math
 import time
 import warnings
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import nullcontext
 from contextvars import ContextVar
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TypeVar
 from uuid import UUID
 
 import anyio
 
+from . import machine
 from .definitions import BaseSaga, SagaStep
 from .errors import (
     InvalidStepResultError,
@@ -33,9 +34,13 @@ from .protocols import (
     Clock,
     EventPublisher,
     IdempotencyStore,
+    LeasedSagaRepository,
+    SagaIdLister,
     SagaListener,
     SagaRepository,
     StepInterceptor,
+    StrandingRecorder,
+    TerminalWaiter,
 )
 from .registry import SagaFactory, SagaRegistry
 from .retry import DEFAULT_COMPENSATION_RETRY, DEFAULT_RETRY, RetryPolicy, is_refusal
@@ -43,7 +48,7 @@ from .runtime import Phase, StepRun, SystemClock, _current
 from .serialization import (
     _MAIN_MODULE_TYPES,
     dumps,
-    encode_context,
+    encode_transition,
     encode_value,
     loads,
     main_module_warning,
@@ -51,8 +56,6 @@ from .serialization import (
 )
 from .state import (
     ACTIVE_STATUSES,
-    ErrorKind,
-    ErrorRecord,
     RecoveryReport,
     SagaContext,
     SagaResult,
@@ -62,47 +65,33 @@ from .state import (
     StepStatus,
 )
 
-__all__ = ["SagaOrchestrator"]
+__all__ = ["DriveControl", "SagaOrchestrator"]
 
 T = TypeVar("T")
 logger = logging.getLogger("saga_orchestrator")
 
 
 @dataclass(slots=True)
-class _Pending:
-    """Events of the transition being prepared; sequence numbers are assigned on commit."""
-
-    items: list[dict[str, Any]] = field(default_factory=list)
-
-    def add(self, type_: SagaEventType, **fields: Any) -> None:
-        self.items.append({"type": type_, **fields})
-
-
-@dataclass(slots=True)
 class _Outcome:
     """How a call of user code went, and how long it took (for events and metrics)."""
 
-    failure: _Failure | None
+    failure: machine.Failure | None
     seconds: float
 
 
-@dataclass(slots=True)
-class _Failure:
-    text: str
-    retryable: bool
-    effect_possible: bool
-
-
 @dataclass(slots=True, frozen=True)
-class _DriveControl:
-    """How a worker drives a claimed saga: waits longer than ``park_after_seconds`` (and any
-    wait once ``stopping()``) hand the saga back instead of sleeping with its lease. Once
-    stopping, a wait under way ends as soon as ``stopped()`` returns, and no new step starts:
-    the saga is handed back."""
+class DriveControl:
+    """How a worker drives a claimed saga (``SagaOrchestrator.drive_claimed``): waits longer
+    than ``park_after_seconds`` (and any wait once ``stopping()``) hand the saga back instead
+    of sleeping with its lease. Once stopping, a wait under way ends as soon as ``stopped()``
+    returns, and no new step starts: the saga is handed back."""
 
     park_after_seconds: float
+    """Waits longer than this hand the saga back, its wake-up time stored."""
     stopping: Callable[[], bool]
+    """Whether the worker is stopping."""
     stopped: Callable[[], Awaitable[None]] | None = None
+    """Returns once the worker stops (ends a wait under way)."""
 
 
 def _stopping() -> bool:
@@ -110,16 +99,11 @@ def _stopping() -> bool:
     return control is not None and control.stopping()
 
 
-class _Stranded(Exception):
-    """A claimed saga could not be rebuilt (no factory for its type or version, its factory
-    raised); it is marked stranded and handed back for a process that can resume it."""
-
-
 class _Parked(Exception):
     """The saga waits for a stored time; a worker releases it for any worker to resume."""
 
 
-_control: ContextVar[_DriveControl | None] = ContextVar("saga_orchestrator_drive", default=None)
+_control: ContextVar[DriveControl | None] = ContextVar("saga_orchestrator_drive", default=None)
 
 
 def _describe(error: BaseException) -> str:
@@ -196,10 +180,21 @@ class SagaOrchestrator:
             raise ValueError("recovery_concurrency must be >= 1")
         self.recovery_concurrency = recovery_concurrency
         """How many sagas ``recover`` resumes at once."""
-        self._repository_stores_events = bool(getattr(repository, "stores_events", False))
-        # A repository with leases (PostgreSQL) cancels a step before its lease can expire.
-        self._lease_guard: Callable[[UUID], AbstractContextManager[None]] | None = getattr(
-            repository, "lease_guard", None
+        # The repository's optional capabilities, resolved once (see protocols.py).
+        # Declared attributes (see SagaRepository): an outbox, a store no other process reads.
+        self._repository_stores_events = getattr(repository, "stores_events", False) is True
+        self._process_local = getattr(repository, "process_local", False) is True
+        self._leases: LeasedSagaRepository | None = (
+            repository if isinstance(repository, LeasedSagaRepository) else None
+        )
+        self._terminal_waiter: TerminalWaiter | None = (
+            repository if isinstance(repository, TerminalWaiter) else None
+        )
+        self._id_lister: SagaIdLister | None = (
+            repository if isinstance(repository, SagaIdLister) else None
+        )
+        self._strandings: StrandingRecorder | None = (
+            repository if isinstance(repository, StrandingRecorder) else None
         )
 
     # ------------------------------------------------------------------ public API
@@ -249,7 +244,7 @@ class SagaOrchestrator:
         waiting workers are notified at once. Submitting a saga whose id is stored already
         stores nothing and returns the id. Bad input raises here, and nothing is stored.
         """
-        if not callable(getattr(self.repository, "claim", None)):
+        if self._leases is None:
             raise TypeError(
                 f"{type(self.repository).__name__} has no workers to submit to; use execute(),"
                 " or a repository that workers claim from (PostgresSagaRepository)"
@@ -272,7 +267,9 @@ class SagaOrchestrator:
         and polls every ``poll_seconds`` in any case. Raises ``TimeoutError`` after
         ``timeout_seconds``, ``SagaNotFoundError`` if no such saga is stored.
         """
-        notified = getattr(self.repository, "wait_for_terminal", None)
+        notified = (
+            self._terminal_waiter.wait_for_terminal if self._terminal_waiter is not None else None
+        )
         with anyio.fail_after(timeout_seconds) if timeout_seconds is not None else nullcontext():
             while True:
                 context = await self._load(saga_id)
@@ -298,11 +295,10 @@ class SagaOrchestrator:
         """
         report = RecoveryReport()
         limiter = anyio.CapacityLimiter(self.recovery_concurrency)
-        list_ids = getattr(self.repository, "list_saga_ids", None)
-        if list_ids is not None:
+        if self._id_lister is not None:
             # Each saga is read on its own, so one unreadable row cannot stop the others.
             pending: list[UUID | SagaContext[Any]] = list(
-                await list_ids(statuses=ACTIVE_STATUSES, limit=1_000_000)
+                await self._id_lister.list_saga_ids(statuses=ACTIVE_STATUSES, limit=1_000_000)
             )
         else:
             pending = list(
@@ -381,42 +377,7 @@ class SagaOrchestrator:
         attempts start again from 1.
         """
         context = await self._load_rebuilt(saga_id, SagaStatus.FAILED, "retried")
-        index = next(
-            (
-                i
-                for i in range(len(context.steps) - 1, -1, -1)
-                if context.steps[i].status is StepStatus.COMPENSATION_FAILED
-            ),
-            None,
-        )
-        pending = _Pending()
-        context.status = SagaStatus.COMPENSATING
-        # Back to why the saga compensates (the step keeps its own error); the history keeps
-        # the compensation's failure and records this retry.
-        cause = next(
-            (r for r in reversed(context.error_history) if r.kind is ErrorKind.COMPENSATING),
-            None,
-        )
-        if cause is not None:
-            context.error = cause.message
-        elif context.error:  # stored before the history existed
-            context.error = context.error.split(_COMPENSATION_FAILED, 1)[0]
-        failed_step = context.steps[index].name if index is not None else None
-        context.error_history.append(
-            ErrorRecord(
-                kind=ErrorKind.RETRIED,
-                message=(
-                    f"retried: compensating {failed_step} again"
-                    if failed_step is not None
-                    else "retried"
-                ),
-                at=self.clock.now(),
-                step=failed_step,
-            )
-        )
-        pending.add(SagaEventType.COMPENSATION_STARTED, error=context.error)
-        if index is None or not self._begin_next_compensation(context, index, pending, reset=True):
-            self._finish_compensation(context, pending)
+        pending = machine.retry_failed(context, _saga_of(context).steps, self.clock.now())
         await self._commit(context, pending)
         return await self._drive(context)
 
@@ -431,22 +392,7 @@ class SagaOrchestrator:
         compensates.
         """
         context = await self._load_rebuilt(saga_id, SagaStatus.RUNNING, "cancelled")
-        index = context.current_step_index
-        state = context.steps[index]
-        pending = _Pending()
-        if state.status is StepStatus.RUNNING or state.attempts:
-            if state.status is StepStatus.RUNNING:
-                state.effect_possible = True
-                state.error = f"cancelled while attempt {state.attempts} was running"
-            state.status = StepStatus.FAILED
-            state.next_attempt_at = None
-            pending.add(
-                SagaEventType.STEP_FAILED,
-                step=state.name,
-                attempt=state.attempts,
-                error=state.error,
-            )
-        self._enter_compensation(context, index, f"cancelled: {reason}", pending)
+        pending = machine.cancel(context, _saga_of(context).steps, reason, self.clock.now())
         await self._commit(context, pending)
         return await self._drive(context)
 
@@ -487,59 +433,42 @@ class SagaOrchestrator:
         return context
 
     async def _start(self, context: SagaContext[Any], *, lease: bool = True) -> None:
-        now = self.clock.now()
         saga = _saga_of(context)
-        as_built = (context.created_at, context.updated_at, context.steps[0].copy())
-        context.status = SagaStatus.RUNNING
-        context.created_at = now
-        context.updated_at = now
-        if saga.timeout_minutes is not None:
-            context.deadline = now + timedelta(minutes=saga.timeout_minutes)
-        context.current_step_index = 0
-        pending = _Pending()
-        pending.add(SagaEventType.SAGA_STARTED)
-        if lease:
-            self._begin_attempt(context, 0, pending, now)
+        built = (context.created_at, context.updated_at, context.steps[0].copy())
+        pending = machine.start(
+            context, self.clock.now(), timeout_minutes=saga.timeout_minutes, begin=lease
+        )
         try:
             await self._commit(context, pending, lease=lease)
         except SerializationError:
             # Bad input: nothing was written, and the saga is left as it was built.
-            context.status = SagaStatus.PENDING
-            context.created_at, context.updated_at, context.steps[0] = as_built
-            context.deadline = None
+            machine.undo_start(context, built)
             raise
 
     def _reconcile_interrupted(self, context: SagaContext[Any]) -> None:
         """Mark the attempt a dead process left in flight: it may have acted, and it counts."""
-        state = context.steps[context.current_step_index]
-        if context.status is SagaStatus.RUNNING and state.status is StepStatus.RUNNING:
-            state.effect_possible = True
-            state.error = f"interrupted: attempt {state.attempts} did not finish"
-            state.status = StepStatus.PENDING  # an attempt is due; counted in state.attempts
-            state.next_attempt_at = None
-        elif (
-            context.status is SagaStatus.COMPENSATING
-            and state.status is StepStatus.COMPENSATING
-            and state.next_attempt_at is None
-        ):
-            state.compensation_error = (
-                f"interrupted: compensation attempt {state.compensation_attempts} did not finish"
-            )
-            state.next_attempt_at = self.clock.now()  # due at once, as the next attempt
+        machine.reconcile_interrupted(context, self.clock.now())
 
-    async def _run_claimed(
-        self, context: SagaContext[Any], control: _DriveControl
-    ) -> SagaResult[Any] | None:
-        """Drive a saga a worker claimed; None if it was parked (handed back) on a wait."""
+    async def drive_claimed(
+        self, context: SagaContext[Any], control: DriveControl
+    ) -> SagaResult[Any] | SkippedSaga | None:
+        """Drive a saga a worker claimed (leased to this orchestrator's repository).
+
+        Returns its result once terminal; ``None`` if it was parked, handed back with its
+        wake-up time stored (a long wait, or the worker stopping); or a
+        [`SkippedSaga`][saga_orchestrator.state.SkippedSaga] if it cannot be rebuilt here (no
+        factory for its type or definition version, its factory raised): it is then marked
+        stranded, and the caller releases it for a process that can. Raises
+        ``SagaConflictError`` (``SagaLeaseError``) if another process took it over.
+        """
         try:
             self.registry.rebuild(context)
         except Exception as exc:
-            await self._strand(
-                SkippedSaga(
-                    context.saga_id, context.saga_type, _describe(exc), context.saga_version
-                )
+            skipped = SkippedSaga(
+                context.saga_id, context.saga_type, _describe(exc), context.saga_version
             )
-            raise _Stranded(_describe(exc)) from exc
+            await self._strand(skipped)
+            return skipped
         self._reconcile_interrupted(context)
         token = _control.set(control)
         try:
@@ -564,21 +493,21 @@ class SagaOrchestrator:
 
     async def _strand(self, skipped: SkippedSaga) -> None:
         """Mark a saga that could not be resumed as stranded, where the repository can."""
-        mark = getattr(self.repository, "mark_stranded", None)
-        if mark is None:
+        if self._strandings is None:
             return
         try:
-            await mark(skipped.saga_id, skipped.reason, saga_version=skipped.saga_version)
+            await self._strandings.mark_stranded(
+                skipped.saga_id, skipped.reason, saga_version=skipped.saga_version
+            )
         except Exception as exc:  # the report and the log still say it
             logger.warning("saga.stranded.mark_failed: saga %s: %s", skipped.saga_id, exc)
 
     async def _release(self, saga_id: UUID) -> None:
-        release = getattr(self.repository, "release", None)
-        if release is None:
+        if self._leases is None:
             return
         with anyio.move_on_after(5, shield=True):
             try:
-                await release(saga_id)
+                await self._leases.release(saga_id)
             except Exception as exc:  # the lease expires on its own
                 logger.warning("saga.lease.release_failed: saga %s: %s", saga_id, exc)
 
@@ -588,223 +517,53 @@ class SagaOrchestrator:
         """Run the current step until it completes or fails for good (both recorded)."""
         index = context.current_step_index
         state = context.steps[index]
-        step = _saga_of(context).steps[index]
+        steps = _saga_of(context).steps
+        step = steps[index]
         policy = step.retry or self.default_retry
         if state.status is StepStatus.PENDING:
             # Resumed: either a backoff was in progress or an attempt was interrupted. A
             # deadline before the next attempt ends the wait (and the step) early.
-            wake = state.next_attempt_at
-            if (
-                wake is not None
-                and context.deadline is not None
-                and context.deadline < wake
-                and not step.retriable
-            ):
-                wake = context.deadline
-            await self._sleep_until(wake)
-            failure = self._check_can_attempt(context, step, state, policy)
+            await self._sleep_until(machine.wake_at(context, steps))
+            now = self.clock.now()
+            failure = machine.why_no_attempt(context, step, state, policy, now)
             if failure is not None:
-                await self._fail_step(context, index, failure)
+                await self._commit(context, machine.fail_step(context, steps, index, failure, now))
                 return
             if _stopping():
                 raise _Parked  # a stopping worker starts no step: any worker resumes it
-            pending = _Pending()
-            self._begin_attempt(context, index, pending, self.clock.now())
-            await self._commit(context, pending)
+            await self._commit(context, machine.begin_attempt(context, index, now))
         if state.status is StepStatus.COMPLETED:  # pragma: no cover - defensive
             context.current_step_index = min(index + 1, len(context.steps) - 1)
             return
 
         result = await self._attempt(context, step, state)
-        outcome = result.failure
-        if outcome is None:
-            await self._complete_step(context, index, result.seconds)
-            return
-        state.error = outcome.text
-        state.effect_possible = state.effect_possible or outcome.effect_possible
-        can_retry = step.retriable or outcome.retryable
-        if can_retry:
-            nxt = self._check_can_attempt(context, step, state, policy)
-            if nxt is None:
-                await self._schedule_retry(context, index, policy, outcome, result.seconds)
-                return
-            outcome = nxt  # the last error, and why no attempt follows
-        await self._fail_step(context, index, outcome, result.seconds)
-
-    def _check_can_attempt(
-        self, context: SagaContext[Any], step: SagaStep[Any], state: StepState, policy: RetryPolicy
-    ) -> _Failure | None:
-        """Why another attempt must not start (attempts used up, deadline passed), if so: the
-        step's last error followed by that reason."""
-        if step.retriable:
-            return None  # after the pivot: forward recovery only
-        if state.attempts >= policy.max_attempts:
-            reason = f"gave up after {_attempts(state.attempts)}"
-        elif context.deadline is not None and self.clock.now() >= context.deadline:
-            reason = f"saga deadline {context.deadline.isoformat()} exceeded"
-        else:
-            return None
-        text = f"{state.error} ({reason})" if state.error else reason
-        return _Failure(text=text, retryable=False, effect_possible=state.effect_possible)
-
-    def _begin_attempt(
-        self, context: SagaContext[Any], index: int, pending: _Pending, now: datetime
-    ) -> None:
-        state = context.steps[index]
-        state.status = StepStatus.RUNNING
-        state.attempts += 1
-        state.next_attempt_at = None
-        if state.started_at is None:
-            state.started_at = now
-        context.current_step_index = index
-        pending.add(SagaEventType.STEP_STARTED, step=state.name, attempt=state.attempts)
-
-    async def _complete_step(self, context: SagaContext[Any], index: int, seconds: float) -> None:
         now = self.clock.now()
-        state = context.steps[index]
-        state.status = StepStatus.COMPLETED
-        state.completed_at = now
-        state.next_attempt_at = None
-        state.effect_possible = False  # it acted, for sure: "possibly" no longer applies
-        pending = _Pending()
-        pending.add(
-            SagaEventType.STEP_COMPLETED,
-            step=state.name,
-            attempt=state.attempts,
-            duration_seconds=seconds,
-        )
-        nxt = index + 1
-        if nxt == len(context.steps):
-            context.status = SagaStatus.COMPLETED
-            context.error = None
-            pending.add(SagaEventType.SAGA_COMPLETED, duration_seconds=_age(context, now))
-        else:
-            step = _saga_of(context).steps[nxt]
-            deadline_passed = context.deadline is not None and now >= context.deadline
-            if deadline_passed and not step.retriable:
-                assert context.deadline is not None
-                context.current_step_index = nxt
-                self._enter_compensation(
-                    context,
-                    nxt,
-                    f"{step.name}: saga deadline {context.deadline.isoformat()} exceeded",
-                    pending,
-                )
-            elif _stopping():
-                context.current_step_index = nxt  # not begun: handed back to start it later
-            else:
-                self._begin_attempt(context, nxt, pending, now)
-        await self._commit(context, pending)
-
-    async def _schedule_retry(
-        self,
-        context: SagaContext[Any],
-        index: int,
-        policy: RetryPolicy,
-        failure: _Failure,
-        seconds: float,
-    ) -> None:
-        state = context.steps[index]
-        delay = policy.backoff_seconds(state.attempts)
-        state.status = StepStatus.PENDING
-        state.next_attempt_at = self.clock.now() + timedelta(seconds=delay)
-        pending = _Pending()
-        pending.add(
-            SagaEventType.STEP_FAILED,
-            step=state.name,
-            attempt=state.attempts,
-            error=failure.text,
-            will_retry=True,
-            duration_seconds=seconds,
-        )
-        await self._commit(context, pending)
-
-    async def _fail_step(
-        self, context: SagaContext[Any], index: int, failure: _Failure, seconds: float | None = None
-    ) -> None:
-        state = context.steps[index]
-        state.status = StepStatus.FAILED
-        state.error = failure.text
-        state.effect_possible = state.effect_possible or failure.effect_possible
-        state.next_attempt_at = None
-        pending = _Pending()
-        pending.add(
-            SagaEventType.STEP_FAILED,
-            step=state.name,
-            attempt=state.attempts,
-            error=failure.text,
-            duration_seconds=seconds,
-        )
-        self._enter_compensation(context, index, f"{state.name}: {failure.text}", pending)
-        await self._commit(context, pending)
-
-    def _enter_compensation(
-        self, context: SagaContext[Any], index: int, error: str, pending: _Pending
-    ) -> None:
-        context.status = SagaStatus.COMPENSATING
-        context.error = error
-        context.error_history.append(
-            ErrorRecord(
-                kind=ErrorKind.COMPENSATING,
-                message=error,
-                at=self.clock.now(),
-                step=context.steps[index].name,
+        if result.failure is None:
+            pending = machine.complete_step(
+                context, steps, index, now, result.seconds, stopping=_stopping()
             )
-        )
-        pending.add(SagaEventType.COMPENSATION_STARTED, error=error)
-        if not self._begin_next_compensation(context, index, pending):
-            self._finish_compensation(context, pending)
+        else:
+            pending = machine.attempt_failed(
+                context, steps, index, result.failure, policy, now, result.seconds
+            )
+        await self._commit(context, pending)
 
     # ------------------------------------------------------------------ backward
-
-    def _begin_next_compensation(
-        self, context: SagaContext[Any], start: int, pending: _Pending, *, reset: bool = False
-    ) -> bool:
-        """Mark the next step at or before ``start`` that needs undoing; False if none."""
-        steps = _saga_of(context).steps
-        now = self.clock.now()
-        for index in range(start, -1, -1):
-            state = context.steps[index]
-            if not state.needs_compensation:
-                continue
-            if steps[index].compensation is None or steps[index].retriable:
-                continue  # nothing to undo, by declaration
-            if reset:
-                state.compensation_attempts = 0
-                state.compensation_started_at = None
-            state.status = StepStatus.COMPENSATING
-            state.compensation_attempts += 1
-            state.next_attempt_at = None
-            if state.compensation_started_at is None:
-                state.compensation_started_at = now
-            context.current_step_index = index
-            return True
-        return False
-
-    def _finish_compensation(self, context: SagaContext[Any], pending: _Pending) -> None:
-        context.status = SagaStatus.COMPENSATED
-        pending.add(
-            SagaEventType.SAGA_COMPENSATED,
-            error=context.error,
-            duration_seconds=_age(context, self.clock.now()),
-        )
 
     async def _advance_compensation(self, context: SagaContext[Any]) -> None:
         index = context.current_step_index
         state = context.steps[index]
-        step = _saga_of(context).steps[index]
+        steps = _saga_of(context).steps
+        step = steps[index]
         policy = step.compensation_retry or self.default_compensation_retry
         if state.next_attempt_at is not None:
             # Waiting out a backoff, or resuming after an interrupted attempt.
             await self._sleep_until(state.next_attempt_at)
-            pending = _Pending()
-            state.next_attempt_at = None
-            if state.compensation_attempts >= policy.max_attempts:
-                self._give_up_compensation(context, state, state.compensation_error, pending)
-                await self._commit(context, pending)
-                return
-            state.compensation_attempts += 1
-            await self._commit(context, pending)
+            await self._commit(
+                context, machine.resume_compensation(context, policy, self.clock.now())
+            )
+            if context.status is not SagaStatus.COMPENSATING:
+                return  # no attempt was left: the saga failed
         # A compensation and the write recording it are not abandoned half-way, except by a
         # worker's shutdown after its grace period: the attempt then counts as interrupted
         # and another worker runs it again, as after a crash.
@@ -813,60 +572,14 @@ class SagaOrchestrator:
             called = await self._call_guarded(
                 context, step, Phase.COMPENSATION, state.compensation_attempts, step.compensation
             )
-            failure = called.failure
-            pending = _Pending()
-            if failure is None:
-                state.status = StepStatus.COMPENSATED
-                state.compensated_at = self.clock.now()
-                state.compensation_error = None
-                pending.add(
-                    SagaEventType.STEP_COMPENSATED,
-                    step=state.name,
-                    attempt=state.compensation_attempts,
-                    duration_seconds=called.seconds,
-                )
-                if not self._begin_next_compensation(context, index - 1, pending):
-                    self._finish_compensation(context, pending)
+            now = self.clock.now()
+            if called.failure is None:
+                pending = machine.compensation_succeeded(context, steps, index, now, called.seconds)
             else:
-                state.compensation_error = failure.text
-                will_retry = state.compensation_attempts < policy.max_attempts
-                pending.add(
-                    SagaEventType.STEP_COMPENSATION_FAILED,
-                    step=state.name,
-                    attempt=state.compensation_attempts,
-                    error=failure.text,
-                    will_retry=will_retry,
-                    duration_seconds=called.seconds,
+                pending = machine.compensation_failed(
+                    context, index, called.failure.text, policy, now, called.seconds
                 )
-                if will_retry:
-                    delay = policy.backoff_seconds(state.compensation_attempts)
-                    state.next_attempt_at = self.clock.now() + timedelta(seconds=delay)
-                else:
-                    self._give_up_compensation(context, state, failure.text, pending)
             await self._commit(context, pending)
-
-    def _give_up_compensation(
-        self, context: SagaContext[Any], state: StepState, error: str | None, pending: _Pending
-    ) -> None:
-        """The saga stops, FAILED, with the compensations still owed left as they are."""
-        state.status = StepStatus.COMPENSATION_FAILED
-        context.status = SagaStatus.FAILED
-        failure = f"{state.name} failed after {_attempts(state.compensation_attempts)}: {error}"
-        context.error = f"{context.error}{_COMPENSATION_FAILED}{failure}"
-        context.error_history.append(
-            ErrorRecord(
-                kind=ErrorKind.COMPENSATION_FAILED,
-                message=f"compensating {failure}",
-                at=self.clock.now(),
-                step=state.name,
-            )
-        )
-        pending.add(
-            SagaEventType.SAGA_FAILED,
-            step=state.name,
-            error=context.error,
-            duration_seconds=_age(context, self.clock.now()),
-        )
 
     # ------------------------------------------------------------------ calling user code
 
@@ -875,7 +588,7 @@ class SagaOrchestrator:
     ) -> _Outcome:
         """One attempt of a forward step, idempotency replay included; result applied."""
         store = self.idempotency_store
-        key = context.idempotency_key(step.name)
+        key = f"{context.saga_id}:{step.name}"  # context.idempotency_key, without the lookup
         if store is not None:
             cached = await store.get(key)
             if cached is not None:
@@ -900,7 +613,7 @@ class SagaOrchestrator:
             _apply(context, checked)
         except (InvalidStepResultError, SerializationError) as exc:
             # The action ran, so its effect may exist: compensate it, do not retry it.
-            failure = _Failure(text=_describe(exc), retryable=False, effect_possible=True)
+            failure = machine.Failure(text=_describe(exc), retryable=False, effect_possible=True)
             return _Outcome(failure, called.seconds)
         return called
 
@@ -918,8 +631,10 @@ class SagaOrchestrator:
             step=step.name,
             phase=phase,
             attempt=attempt,
-            idempotency_key=context.idempotency_key(
-                step.name, compensation=phase is Phase.COMPENSATION
+            idempotency_key=(
+                f"{context.saga_id}:{step.name}:compensate"
+                if phase is Phase.COMPENSATION
+                else f"{context.saga_id}:{step.name}"
             ),
             fencing_token=context.version,
         )
@@ -934,8 +649,9 @@ class SagaOrchestrator:
             call = _wrap(interceptor, run, call)
         policy = (step.retry or self.default_retry) if phase is Phase.ACTION else None
         token = _current.set(run)
+        # A repository with leases cancels a step before its lease can expire.
         guard = (
-            self._lease_guard(context.saga_id) if self._lease_guard is not None else nullcontext()
+            self._leases.lease_guard(context.saga_id) if self._leases is not None else nullcontext()
         )
         started = time.perf_counter()
         try:
@@ -974,7 +690,9 @@ class SagaOrchestrator:
             effect_possible = (
                 phase is Phase.COMPENSATION or timed_out or not is_refusal(exc, step.refusals)
             )
-            failure = _Failure(text=text, retryable=retryable, effect_possible=effect_possible)
+            failure = machine.Failure(
+                text=text, retryable=retryable, effect_possible=effect_possible
+            )
             return _Outcome(failure, seconds)
         finally:
             _current.reset(token)
@@ -1022,23 +740,20 @@ class SagaOrchestrator:
         state = context.steps[index]
         policy = definition.retry or self.default_retry
         while True:
-            state.attempts += 1
-            state.status = StepStatus.RUNNING
+            machine.unrecorded_attempt_start(state)
             failure = (await self._attempt(context, definition, state)).failure
-            if failure is None:
-                state.status = StepStatus.COMPLETED
-                return True
-            state.error = failure.text
-            if not failure.retryable or state.attempts >= policy.max_attempts:
-                state.status = StepStatus.FAILED
-                state.effect_possible = failure.effect_possible
-                return False
+            final = (
+                failure is None or not failure.retryable or state.attempts >= policy.max_attempts
+            )
+            machine.unrecorded_attempt_end(state, failure, final=final)
+            if failure is None or final:
+                return failure is None
             await self.clock.sleep(policy.backoff_seconds(state.attempts))
 
     # ------------------------------------------------------------------ recording
 
     async def _commit(
-        self, context: SagaContext[Any], pending: _Pending, *, lease: bool = True
+        self, context: SagaContext[Any], pending: machine.Transition, *, lease: bool = True
     ) -> None:
         now = self.clock.now()
         context.updated_at = now
@@ -1062,18 +777,18 @@ class SagaOrchestrator:
                     occurred_at=now,
                     **item,
                 )
-                for offset, item in enumerate(pending.items)
+                for offset, item in enumerate(pending.events)
             ]
         context.version = expected + 1
-        context.event_sequence = first_sequence + len(pending.items)
+        context.event_sequence = first_sequence + len(pending.events)
         try:
-            state = encode_context(context)
-            if _MAIN_MODULE_TYPES and not getattr(self.repository, "process_local", False):
+            state = encode_transition(context)
+            if _MAIN_MODULE_TYPES and not self._process_local:
                 for cls in take_main_module_types():
                     warnings.warn(main_module_warning(cls), MainModuleDataWarning, stacklevel=2)
             if expected == 0 and not lease:
-                create: Any = self.repository.create  # a repository with leases
-                await create(context, state, events, lease=False)
+                assert self._leases is not None  # submit() checked
+                await self._leases.create(context, state, events, lease=False)
             elif expected == 0:
                 await self.repository.create(context, state, events)
             else:
@@ -1083,6 +798,7 @@ class SagaOrchestrator:
         except BaseException:
             context.version = expected
             context.event_sequence = first_sequence
+            context._step_json = None  # what is stored is unknown now: encode it all next time
             raise
         await self._emit(events)
 
@@ -1159,18 +875,6 @@ def _log_event(event: SagaEvent) -> None:
             "correlation_id": event.correlation_id,
         },
     )
-
-
-_COMPENSATION_FAILED = "; compensating "
-
-
-def _attempts(count: int) -> str:
-    return f"{count} attempt" if count == 1 else f"{count} attempts"
-
-
-def _age(context: SagaContext[Any], now: datetime) -> float | None:
-    """Seconds since the saga was first stored, for its terminal event."""
-    return (now - context.created_at).total_seconds() if context.created_at else None
 
 
 def _apply(context: SagaContext[Any], checked: Mapping[str, Any]) -> None:

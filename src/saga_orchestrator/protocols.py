@@ -1,13 +1,17 @@
 """The pluggable parts: storage, idempotency, events, listeners, clock, step interceptors.
 
 Adapters implement these structurally (no inheritance needed). The in-memory and SQLite
-adapters in ``saga_orchestrator.adapters`` are the reference implementations; the contract
-tests in ``tests/`` run against every adapter.
+adapters in ``saga_orchestrator.adapters`` are the reference implementations. Optional
+capabilities (``SagaIdLister``, ``SagaStatusCounter``, ``StrandingRecorder``,
+``LeasedSagaRepository``, ``TerminalWaiter``, ``OutboxSource``) are typed protocols too; the
+orchestrator resolves them once, when it is built. ``saga_orchestrator.testing.contract`` is
+the contract suite every built-in adapter passes, for yours to run as well.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Collection, Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 from uuid import UUID
@@ -21,6 +25,7 @@ __all__ = [
     "EventPublisher",
     "IdempotencyPurger",
     "IdempotencyStore",
+    "LeasedSagaRepository",
     "OutboxSource",
     "SagaIdLister",
     "SagaListener",
@@ -28,6 +33,7 @@ __all__ = [
     "SagaStatusCounter",
     "StepInterceptor",
     "StrandingRecorder",
+    "TerminalWaiter",
 ]
 
 
@@ -138,6 +144,65 @@ class StrandingRecorder(Protocol):
 
     async def list_stranded(self, *, limit: int = 1000) -> list[SkippedSaga]:
         """The unfinished sagas whose mark still holds, oldest mark first."""
+        ...
+
+
+@runtime_checkable
+class LeasedSagaRepository(SagaRepository, Protocol):
+    """Optional repository capability: leases, for
+    [`SagaWorker`][saga_orchestrator.worker.SagaWorker]s in many processes sharing one
+    database (the PostgreSQL repository has it).
+
+    A saga in flight is leased to one repository object (one process) at a time; every write
+    of a lease holder names its lease, so a process whose lease was taken over can no longer
+    write the saga (it gets [`SagaLeaseError`][saga_orchestrator.errors.SagaLeaseError]).
+    """
+
+    async def create(
+        self,
+        context: SagaContext[Any],
+        state: str,
+        events: Sequence[SagaEvent] = (),
+        *,
+        lease: bool = True,
+    ) -> None:
+        """Store a new saga, leased to this object (``lease=True``, it runs it now) or not
+        (``submit()``: any worker claims it)."""
+        ...
+
+    async def claim(
+        self, limit: int, *, saga_types: Collection[str] | None = None
+    ) -> list[SagaContext[Any]]:
+        """Lease up to ``limit`` runnable sagas (in flight, not leased, due) and return them."""
+        ...
+
+    async def release(self, saga_id: UUID, *, delay_seconds: float = 0.0) -> bool:
+        """Give up this object's lease (any worker may take the saga after ``delay_seconds``);
+        whether it was still held."""
+        ...
+
+    async def release_all(self) -> int:
+        """Release every lease this object holds; how many."""
+        ...
+
+    def lease_guard(self, saga_id: UUID) -> AbstractContextManager[None]:
+        """Around a call of user code: cancels it before the lease can run out, raising
+        ``SagaLeaseError`` (and refuses to start it if the lease has run out already)."""
+        ...
+
+    async def wait_for_work(self, seconds: float) -> bool:
+        """Wait up to ``seconds`` for a notification that work is due; whether one came."""
+        ...
+
+
+@runtime_checkable
+class TerminalWaiter(Protocol):
+    """Optional repository capability: being woken when a saga reaches a terminal status
+    (``SagaOrchestrator.wait`` polls without it)."""
+
+    async def wait_for_terminal(self, saga_id: UUID, seconds: float) -> bool:
+        """Return when ``saga_id`` may have reached a terminal status (True), or after
+        ``seconds`` (False)."""
         ...
 
 

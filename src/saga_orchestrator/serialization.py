@@ -519,9 +519,12 @@ def dumps(value: Any, where: str = "value") -> str:
     return _json(_encode_top(value, where, _RECORD_DEPTH), where)
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
 def _json(data: Any, where: str) -> str:
     try:
-        return json.dumps(data, separators=(",", ":"), allow_nan=False)
+        return _ENCODER.encode(data)
     except ValueError as exc:  # sys.set_int_max_str_digits() set below MAX_INT_DIGITS
         raise SerializationError(f"{where} cannot be written as JSON: {exc}") from None
 
@@ -577,7 +580,37 @@ def encode_context(context: SagaContext[Any]) -> str:
     The data may nest one level more than
     [`MAX_DEPTH`][saga_orchestrator.serialization.MAX_DEPTH] (each of its fields, that much).
     """
-    document = {
+    context._step_json = None
+    return _encode_document(context, [_step_text(step) for step in context.steps])
+
+
+def encode_transition(context: SagaContext[Any]) -> str:
+    """The same document as [`encode_context`][], re-encoding only the step records a
+    transition can have touched: the step the saga was at when last encoded this way, and
+    the one it is at now (every transition of the state machine changes only those). The
+    other records' JSON is reused, so a transition costs the same however many steps the
+    saga has. The first call (and any after ``encode_context``) encodes every record."""
+    texts = context._step_json
+    count = len(context.steps)
+    if texts is None or len(texts) != count:
+        texts = [_step_text(step) for step in context.steps]
+    else:
+        for index in {context._step_json_at, context.current_step_index}:
+            if 0 <= index < count:
+                texts[index] = _step_text(context.steps[index])
+    context._step_json = None  # kept only once the document is built
+    text = _encode_document(context, texts)
+    context._step_json = texts
+    context._step_json_at = context.current_step_index
+    return text
+
+
+def _step_text(step: StepState) -> str:
+    return _ENCODER.encode(_encode_step(step))
+
+
+def _encode_document(context: SagaContext[Any], step_texts: list[str]) -> str:
+    document: dict[str, Any] = {
         "format": FORMAT_VERSION,
         "saga_id": str(context.saga_id),
         "saga_type": context.saga_type,
@@ -590,7 +623,6 @@ def encode_context(context: SagaContext[Any]) -> str:
         "deadline": _dt(context.deadline),
         "version": context.version,
         "event_sequence": context.event_sequence,
-        "steps": [_encode_step(step) for step in context.steps],
         "data": _encode_top(context.data, "data", _RECORD_DEPTH),
     }
     if context.saga_version != 1:  # absent for version 1 (and in older rows)
@@ -600,7 +632,8 @@ def encode_context(context: SagaContext[Any]) -> str:
             {"kind": r.kind.value, "message": r.message, "at": _dt(r.at), "step": r.step}
             for r in context.error_history
         ]
-    return _json(document, f"saga {context.saga_id}")
+    head = _json(document, f"saga {context.saga_id}")
+    return f'{head[:-1]},"steps":[{",".join(step_texts)}]}}'
 
 
 _MALFORMED = "stored saga state is malformed"

@@ -8,7 +8,7 @@ deliberately mutable: the orchestrator advances it in place and the spec's tests
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -148,7 +148,20 @@ class StepState:
 
     def copy(self) -> StepState:
         """A shallow copy of this record."""
-        return replace(self)
+        return StepState(
+            self.name,
+            self.status,
+            self.attempts,
+            self.error,
+            self.effect_possible,
+            self.started_at,
+            self.completed_at,
+            self.next_attempt_at,
+            self.compensation_attempts,
+            self.compensation_error,
+            self.compensation_started_at,
+            self.compensated_at,
+        )
 
 
 @dataclass(slots=True, eq=False)
@@ -189,6 +202,10 @@ class SagaContext(Generic[T]):
     """The definition version that started the saga (the class's ``saga_version``); resuming
     uses the factory registered for this version. 1 for sagas stored before versions existed."""
     _saga: BaseSaga[T] | None = field(default=None, repr=False)
+    # The JSON of each step record as last written, and the step the saga was at then: a
+    # transition re-encodes only the steps it can have touched (see serialization).
+    _step_json: list[str] | None = field(default=None, repr=False)
+    _step_json_at: int = field(default=0, repr=False)
 
     @property
     def is_terminal(self) -> bool:

@@ -35,35 +35,30 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import Collection
-from typing import Any, Protocol
+from typing import Any
 from uuid import UUID
 
 import anyio
 
 from .errors import SagaConflictError, SagaLeaseError
-from .orchestrator import SagaOrchestrator, _DriveControl, _Stranded
+from .orchestrator import DriveControl, SagaOrchestrator
 from .outbox import OutboxRelay
-from .state import SagaContext
+from .protocols import LeasedSagaRepository
+from .retry import RetryPolicy
+from .state import SagaContext, SkippedSaga
 
 __all__ = ["STRANDED_RETRY_SECONDS", "SagaWorker"]
 
 logger = logging.getLogger("saga_orchestrator")
 
+CLAIM_RETRY = RetryPolicy(
+    max_attempts=1_000_000, initial_backoff_seconds=0.1, max_backoff_seconds=5.0, jitter_ratio=0.2
+)
+"""How long a worker waits before claiming again after a failed claim (the database is down):
+the one backoff formula, ``RetryPolicy``'s."""
+
 STRANDED_RETRY_SECONDS = 60.0
 """How long a saga this worker could not rebuild is put back before any worker retries it."""
-
-
-class _LeasingRepository(Protocol):
-    async def claim(
-        self, limit: int, *, saga_types: Collection[str] | None = None
-    ) -> list[SagaContext[Any]]: ...
-
-    async def release(self, saga_id: UUID, *, delay_seconds: float = 0.0) -> bool: ...
-
-    async def release_all(self) -> int: ...
-
-    async def wait_for_work(self, seconds: float) -> bool: ...
 
 
 class SagaWorker:
@@ -94,15 +89,16 @@ class SagaWorker:
         relay: OutboxRelay | None = None,
     ) -> None:
         repository = orchestrator.repository
-        missing = [
-            name
-            for name in ("claim", "release", "release_all", "wait_for_work")
-            if not callable(getattr(repository, name, None))
-        ]
-        if missing:
+        if not isinstance(repository, LeasedSagaRepository):
+            missing = [
+                name
+                for name in ("claim", "release", "release_all", "wait_for_work", "lease_guard")
+                if not callable(getattr(repository, name, None))
+            ]
             raise TypeError(
-                f"SagaWorker needs a repository with leases (PostgresSagaRepository); "
-                f"{type(repository).__name__} has no {', '.join(missing)}"
+                f"SagaWorker needs a repository with leases (LeasedSagaRepository, as "
+                f"PostgresSagaRepository); {type(repository).__name__} has no "
+                f"{', '.join(missing) or 'lease methods'}"
             )
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
@@ -110,7 +106,7 @@ class SagaWorker:
             raise ValueError("poll_interval_seconds must be > 0")
         self.orchestrator = orchestrator
         """Drives the claimed sagas."""
-        self.repository: _LeasingRepository = repository  # type: ignore[assignment]
+        self.repository: LeasedSagaRepository = repository
         """The orchestrator's repository, which workers claim sagas from."""
         self.concurrency = concurrency
         """Sagas driven at once."""
@@ -182,7 +178,7 @@ class SagaWorker:
     async def run(self) -> None:
         """Claim and drive sagas until ``stop()``; then shut down gracefully and return."""
         saga_types = sorted(self.orchestrator.registry.saga_types)
-        control = _DriveControl(self.park_after_seconds, lambda: self._stopping, self._stopped.wait)
+        control = DriveControl(self.park_after_seconds, lambda: self._stopping, self._stopped.wait)
         async with anyio.create_task_group() as services:
             if self.relay is not None:
                 services.start_soon(self.relay.run)
@@ -199,7 +195,7 @@ class SagaWorker:
                         except Exception as exc:
                             failures += 1
                             logger.warning("saga.worker.claim_failed: %s", exc)
-                            with anyio.move_on_after(min(0.05 * 2**failures, 5.0)):
+                            with anyio.move_on_after(CLAIM_RETRY.backoff_seconds(failures + 1)):
                                 await self._wakeup_or_stop()
                             continue
                         for context in claimed:
@@ -242,13 +238,25 @@ class SagaWorker:
             if await self.repository.wait_for_work(self.poll_interval_seconds):
                 self._wakeup.set()
 
-    async def _drive(self, context: SagaContext[Any], control: _DriveControl) -> None:
+    async def _drive(self, context: SagaContext[Any], control: DriveControl) -> None:
         saga_id = context.saga_id
         try:
-            result = await self.orchestrator._run_claimed(context, control)
+            result = await self.orchestrator.drive_claimed(context, control)
             if result is None:
                 self.parked += 1
                 await self.repository.release(saga_id)
+            elif isinstance(result, SkippedSaga):
+                # This process cannot rebuild it (no factory for its type or definition
+                # version): marked stranded, put back for a minute for a worker that can.
+                self.stranded += 1
+                logger.warning(
+                    "saga.worker.stranded: saga %s is put back for %.0f s: %s",
+                    saga_id,
+                    STRANDED_RETRY_SECONDS,
+                    result.reason,
+                    extra={"event": "saga.worker.stranded", "saga_id": str(saga_id)},
+                )
+                await self._release(saga_id, delay_seconds=STRANDED_RETRY_SECONDS)
             else:
                 self.finished += 1
         except anyio.get_cancelled_exc_class():
@@ -257,18 +265,6 @@ class SagaWorker:
             with anyio.CancelScope(shield=True):
                 await self._release(saga_id)
             raise
-        except _Stranded as exc:
-            # This process cannot rebuild it (no factory for its type or definition version):
-            # marked stranded and put back for a minute, for a worker that can.
-            self.stranded += 1
-            logger.warning(
-                "saga.worker.stranded: saga %s is put back for %.0f s: %s",
-                saga_id,
-                STRANDED_RETRY_SECONDS,
-                exc,
-                extra={"event": "saga.worker.stranded", "saga_id": str(saga_id)},
-            )
-            await self._release(saga_id, delay_seconds=STRANDED_RETRY_SECONDS)
         except SagaConflictError as exc:
             self.lost += 1
             if not isinstance(exc, SagaLeaseError):

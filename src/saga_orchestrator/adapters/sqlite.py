@@ -24,7 +24,6 @@ import threading
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 from uuid import UUID
@@ -36,37 +35,12 @@ from ..errors import SagaAlreadyExistsError, SagaConflictError
 from ..events import SagaEvent, decode_event, encode_event
 from ..serialization import decode_context
 from ..state import ACTIVE_STATUSES, SagaContext, SagaStatus, SkippedSaga
+from ._common import pending_migrations, script_statements, selection, status_filter
 from ._lifecycle import AsyncLifecycle
 
 __all__ = ["SQLiteIdempotencyStore", "SQLiteSagaRepository", "migrate"]
 
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
-
-
-def _migrations() -> list[tuple[int, str, str]]:
-    folder = resources.files("saga_orchestrator.adapters.migrations") / "sqlite"
-    found = []
-    for entry in folder.iterdir():
-        if entry.name.endswith(".sql"):
-            number = int(entry.name.split("_", 1)[0])
-            found.append((number, entry.name, entry.read_text(encoding="utf-8")))
-    return sorted(found)
-
-
-def _statements(script: str) -> list[str]:
-    statements: list[str] = []
-    buffer = ""
-    for line in script.splitlines(keepends=True):
-        buffer += line
-        if sqlite3.complete_statement(buffer):
-            if buffer.strip():
-                statements.append(buffer.strip())
-            buffer = ""
-    if buffer.strip() and not all(
-        part.strip().startswith("--") for part in buffer.strip().splitlines()
-    ):
-        raise ValueError(f"incomplete SQL statement in migration: {buffer.strip()[:80]!r}")
-    return statements
 
 
 def migrate(connection: sqlite3.Connection) -> list[str]:
@@ -85,10 +59,8 @@ def migrate(connection: sqlite3.Connection) -> list[str]:
             row[0] for row in connection.execute("SELECT version FROM saga_schema_migrations")
         }
         done: list[str] = []
-        for number, name, script in _migrations():
-            if number in applied:
-                continue
-            for statement in _statements(script):
+        for number, name, script in pending_migrations("sqlite", applied):
+            for statement in script_statements(script):
                 connection.execute(statement)
             connection.execute(
                 "INSERT INTO saga_schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
@@ -453,7 +425,7 @@ class SQLiteSagaRepository(_SQLiteBase):
         for group in groups:
             query = (
                 "SELECT saga_type, status, count(*) FROM sagas"
-                f" WHERE {_status_filter(group)} GROUP BY saga_type, status"
+                f" WHERE {status_filter(group)} GROUP BY saga_type, status"
             )
             rows = await self._db.read(_fetch_all(query))
             counts.update({(row[0], SagaStatus(row[1])): row[2] for row in rows})
@@ -616,26 +588,10 @@ def _selection(
 ) -> tuple[str, list[Any]]:
     """The WHERE clause (or "") and parameters that ``list_sagas`` and ``list_saga_ids``
     share."""
-    clauses: list[str] = []
-    params: list[Any] = []
-    if statuses is not None:
-        clauses.append(_status_filter(statuses))
-    if saga_type is not None:
-        clauses.append("saga_type = ?")
-        params.append(saga_type)
+    clauses, params = selection(
+        statuses, saga_type, status_clause=status_filter, type_clause="saga_type = ?"
+    )
     return (f" WHERE {' AND '.join(clauses)}" if clauses else ""), params
-
-
-def _status_filter(statuses: Collection[SagaStatus]) -> str:
-    """The WHERE term for these statuses, as literals (the values are the enum's own). SQLite
-    uses a partial index only for a query term written exactly as the index's own, so the
-    active and the failed sets are spelled as in the migrations."""
-    wanted = {SagaStatus(status) for status in statuses}
-    if wanted == ACTIVE_STATUSES:
-        return "status IN ('pending', 'running', 'compensating')"
-    if wanted == {SagaStatus.FAILED}:
-        return "status = 'failed'"
-    return f"status IN ({', '.join(repr(status.value) for status in sorted(wanted))})"
 
 
 def _fetch_all(query: str) -> Callable[[sqlite3.Connection], list[Any]]:

@@ -9,6 +9,10 @@ faults.fail("process_payment", ConnectionError("PSP down"), attempts={1})
 faults.hang("create_shipment")  # the step times out
 orchestrator = SagaOrchestrator(repo, clock=clock, interceptors=[faults])
 ```
+
+The contract tests for your own storage adapters are in
+[`saga_orchestrator.testing.contract`][saga_orchestrator.testing.contract], which needs pytest;
+this module does not.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import Any, Literal
 import anyio
 import anyio.lowlevel
 
-from .runtime import Phase, StepRun
+from ..runtime import Phase, StepRun
 
 __all__ = ["CRASH_EXIT_CODE", "FaultInjector", "ManualClock", "crash"]
 
