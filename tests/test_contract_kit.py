@@ -150,7 +150,12 @@ def test_the_built_in_adapters_have_every_optional_capability(kind: str) -> None
 KIT = [
     "saga_orchestrator/testing/__init__.py",
     "saga_orchestrator/testing/_contract_sagas.py",
-    "saga_orchestrator/testing/contract.py",
+    "saga_orchestrator/testing/contract/__init__.py",
+    "saga_orchestrator/testing/contract/_idempotency.py",
+    "saga_orchestrator/testing/contract/_orchestration.py",
+    "saga_orchestrator/testing/contract/_outbox.py",
+    "saga_orchestrator/testing/contract/_repository.py",
+    "saga_orchestrator/testing/contract/_support.py",
 ]
 
 WITHOUT_PYTEST = """

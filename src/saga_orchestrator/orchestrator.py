@@ -1,35 +1,25 @@
 """The engine: runs steps, records every transition, compensates, retries, recovers."""
 
+# SagaOrchestrator's public methods are here; its parts are in _driving (the forward and
+# backward loop, waits and parking under a DriveControl), _calls (calling user code) and
+# _recording (the write of each transition and its events).
+
 from __future__ import annotations
 
 import logging
-import math
-import time
-import warnings
-from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from contextlib import nullcontext
-from contextvars import ContextVar
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, TypeVar
 from uuid import UUID
 
 import anyio
 
 from . import machine
+from ._calls import _describe
+from ._driving import _control, _Driving, _Parked, _saga_of
 from .definitions import BaseSaga, SagaStep
-from .errors import (
-    InvalidStepResultError,
-    MainModuleDataWarning,
-    SagaAlreadyExistsError,
-    SagaConflictError,
-    SagaLeaseError,
-    SagaNotFoundError,
-    SagaStateError,
-    SerializationError,
-    UnknownSagaTypeError,
-)
-from .events import SagaEvent, SagaEventType
+from .errors import SagaAlreadyExistsError, SagaConflictError, UnknownSagaTypeError
 from .protocols import (
     Clock,
     EventPublisher,
@@ -43,17 +33,8 @@ from .protocols import (
     TerminalWaiter,
 )
 from .registry import SagaFactory, SagaRegistry
-from .retry import DEFAULT_COMPENSATION_RETRY, DEFAULT_RETRY, RetryPolicy, is_refusal
-from .runtime import Phase, StepRun, SystemClock, _current
-from .serialization import (
-    _MAIN_MODULE_TYPES,
-    dumps,
-    encode_transition,
-    encode_value,
-    loads,
-    main_module_warning,
-    take_main_module_types,
-)
+from .retry import DEFAULT_COMPENSATION_RETRY, DEFAULT_RETRY, RetryPolicy
+from .runtime import SystemClock
 from .state import (
     ACTIVE_STATUSES,
     RecoveryReport,
@@ -62,21 +43,12 @@ from .state import (
     SagaStatus,
     SkippedSaga,
     StepState,
-    StepStatus,
 )
 
 __all__ = ["DriveControl", "SagaOrchestrator"]
 
 T = TypeVar("T")
 logger = logging.getLogger("saga_orchestrator")
-
-
-@dataclass(slots=True)
-class _Outcome:
-    """How a call of user code went, and how long it took (for events and metrics)."""
-
-    failure: machine.Failure | None
-    seconds: float
 
 
 @dataclass(slots=True, frozen=True)
@@ -94,26 +66,7 @@ class DriveControl:
     """Returns once the worker stops (ends a wait under way)."""
 
 
-def _stopping() -> bool:
-    control = _control.get()
-    return control is not None and control.stopping()
-
-
-class _Parked(Exception):
-    """The saga waits for a stored time; a worker releases it for any worker to resume."""
-
-
-_control: ContextVar[DriveControl | None] = ContextVar("saga_orchestrator_drive", default=None)
-
-
-def _describe(error: BaseException) -> str:
-    message = str(error)
-    if isinstance(error, UnknownSagaTypeError):  # its message says it all
-        return message
-    return f"{type(error).__name__}: {message}" if message else type(error).__name__
-
-
-class SagaOrchestrator:
+class SagaOrchestrator(_Driving):
     """Runs sagas durably on a [`SagaRepository`][saga_orchestrator.protocols.SagaRepository].
 
     Every transition is recorded before the orchestrator acts on it: a step's attempt is
@@ -410,45 +363,6 @@ class SagaOrchestrator:
         """Stored sagas, oldest first (see ``SagaRepository.list_sagas``)."""
         return await self.repository.list_sagas(statuses=statuses, saga_type=saga_type, limit=limit)
 
-    # ------------------------------------------------------------------ driving
-
-    async def _load(self, saga_id: UUID) -> SagaContext[Any]:
-        context = await self.repository.get(saga_id)
-        if context is None:
-            raise SagaNotFoundError(saga_id)
-        return context
-
-    async def _load_rebuilt(
-        self, saga_id: UUID, status: SagaStatus, done_to_it: str
-    ) -> SagaContext[Any]:
-        """The stored saga, rebuilt for driving, if it is in `status`; else SagaStateError."""
-        context = await self._load(saga_id)
-        if context.status is not status:
-            raise SagaStateError(
-                f"saga {saga_id} is {context.status.value}; "
-                f"only a {status.value} saga can be {done_to_it}",
-                saga_id=saga_id,
-            )
-        self.registry.rebuild(context)
-        return context
-
-    async def _start(self, context: SagaContext[Any], *, lease: bool = True) -> None:
-        saga = _saga_of(context)
-        built = (context.created_at, context.updated_at, context.steps[0].copy())
-        pending = machine.start(
-            context, self.clock.now(), timeout_minutes=saga.timeout_minutes, begin=lease
-        )
-        try:
-            await self._commit(context, pending, lease=lease)
-        except SerializationError:
-            # Bad input: nothing was written, and the saga is left as it was built.
-            machine.undo_start(context, built)
-            raise
-
-    def _reconcile_interrupted(self, context: SagaContext[Any]) -> None:
-        """Mark the attempt a dead process left in flight: it may have acted, and it counts."""
-        machine.reconcile_interrupted(context, self.clock.now())
-
     async def drive_claimed(
         self, context: SagaContext[Any], control: DriveControl
     ) -> SagaResult[Any] | SkippedSaga | None:
@@ -478,250 +392,6 @@ class SagaOrchestrator:
         finally:
             _control.reset(token)
 
-    async def _drive(self, context: SagaContext[Any]) -> SagaResult[Any]:
-        try:
-            while context.status is SagaStatus.RUNNING:
-                await self._advance_forward(context)
-            while context.status is SagaStatus.COMPENSATING:
-                await self._advance_compensation(context)
-        except BaseException:
-            # Stopped before the end (cancelled, parked, an error): a lease this process
-            # holds is handed back now, not left to heartbeats that would keep it forever.
-            await self._release(context.saga_id)
-            raise
-        return SagaResult.from_context(context)
-
-    async def _strand(self, skipped: SkippedSaga) -> None:
-        """Mark a saga that could not be resumed as stranded, where the repository can."""
-        if self._strandings is None:
-            return
-        try:
-            await self._strandings.mark_stranded(
-                skipped.saga_id, skipped.reason, saga_version=skipped.saga_version
-            )
-        except Exception as exc:  # the report and the log still say it
-            logger.warning("saga.stranded.mark_failed: saga %s: %s", skipped.saga_id, exc)
-
-    async def _release(self, saga_id: UUID) -> None:
-        if self._leases is None:
-            return
-        with anyio.move_on_after(5, shield=True):
-            try:
-                await self._leases.release(saga_id)
-            except Exception as exc:  # the lease expires on its own
-                logger.warning("saga.lease.release_failed: saga %s: %s", saga_id, exc)
-
-    # ------------------------------------------------------------------ forward
-
-    async def _advance_forward(self, context: SagaContext[Any]) -> None:
-        """Run the current step until it completes or fails for good (both recorded)."""
-        index = context.current_step_index
-        state = context.steps[index]
-        steps = _saga_of(context).steps
-        step = steps[index]
-        policy = step.retry or self.default_retry
-        if state.status is StepStatus.PENDING:
-            # Resumed: either a backoff was in progress or an attempt was interrupted. A
-            # deadline before the next attempt ends the wait (and the step) early.
-            await self._sleep_until(machine.wake_at(context, steps))
-            now = self.clock.now()
-            failure = machine.why_no_attempt(context, step, state, policy, now)
-            if failure is not None:
-                await self._commit(context, machine.fail_step(context, steps, index, failure, now))
-                return
-            if _stopping():
-                raise _Parked  # a stopping worker starts no step: any worker resumes it
-            await self._commit(context, machine.begin_attempt(context, index, now))
-        if state.status is StepStatus.COMPLETED:  # pragma: no cover - defensive
-            context.current_step_index = min(index + 1, len(context.steps) - 1)
-            return
-
-        result = await self._attempt(context, step, state)
-        now = self.clock.now()
-        if result.failure is None:
-            pending = machine.complete_step(
-                context, steps, index, now, result.seconds, stopping=_stopping()
-            )
-        else:
-            pending = machine.attempt_failed(
-                context, steps, index, result.failure, policy, now, result.seconds
-            )
-        await self._commit(context, pending)
-
-    # ------------------------------------------------------------------ backward
-
-    async def _advance_compensation(self, context: SagaContext[Any]) -> None:
-        index = context.current_step_index
-        state = context.steps[index]
-        steps = _saga_of(context).steps
-        step = steps[index]
-        policy = step.compensation_retry or self.default_compensation_retry
-        if state.next_attempt_at is not None:
-            # Waiting out a backoff, or resuming after an interrupted attempt.
-            await self._sleep_until(state.next_attempt_at)
-            await self._commit(
-                context, machine.resume_compensation(context, policy, self.clock.now())
-            )
-            if context.status is not SagaStatus.COMPENSATING:
-                return  # no attempt was left: the saga failed
-        # A compensation and the write recording it are not abandoned half-way, except by a
-        # worker's shutdown after its grace period: the attempt then counts as interrupted
-        # and another worker runs it again, as after a crash.
-        with anyio.CancelScope(shield=_control.get() is None):
-            assert step.compensation is not None
-            called = await self._call_guarded(
-                context, step, Phase.COMPENSATION, state.compensation_attempts, step.compensation
-            )
-            now = self.clock.now()
-            if called.failure is None:
-                pending = machine.compensation_succeeded(context, steps, index, now, called.seconds)
-            else:
-                pending = machine.compensation_failed(
-                    context, index, called.failure.text, policy, now, called.seconds
-                )
-            await self._commit(context, pending)
-
-    # ------------------------------------------------------------------ calling user code
-
-    async def _attempt(
-        self, context: SagaContext[Any], step: SagaStep[Any], state: StepState
-    ) -> _Outcome:
-        """One attempt of a forward step, idempotency replay included; result applied."""
-        store = self.idempotency_store
-        key = f"{context.saga_id}:{step.name}"  # context.idempotency_key, without the lookup
-        if store is not None:
-            cached = await store.get(key)
-            if cached is not None:
-                _apply(context, self._check_result(context, step.name, loads(cached)))
-                return _Outcome(None, 0.0)
-        result_box: list[Any] = []
-
-        async def action(data: Any) -> None:
-            result_box.append(await step.action(data))
-
-        called = await self._call_guarded(context, step, Phase.ACTION, state.attempts, action)
-        if called.failure is not None:
-            return called
-        result = result_box[0]
-        try:
-            checked = self._check_result(context, step.name, result)
-            if store is not None:
-                encoded = dumps(checked, f"{step.name} result")
-                stored = await store.put_if_absent(key, encoded)
-                if stored != encoded:  # another run recorded this step first: theirs stands
-                    checked = self._check_result(context, step.name, loads(stored))
-            _apply(context, checked)
-        except (InvalidStepResultError, SerializationError) as exc:
-            # The action ran, so its effect may exist: compensate it, do not retry it.
-            failure = machine.Failure(text=_describe(exc), retryable=False, effect_possible=True)
-            return _Outcome(failure, called.seconds)
-        return called
-
-    async def _call_guarded(
-        self,
-        context: SagaContext[Any],
-        step: SagaStep[Any],
-        phase: Phase,
-        attempt: int,
-        fn: Callable[[Any], Awaitable[Any]],
-    ) -> _Outcome:
-        run = StepRun(
-            saga_id=context.saga_id,
-            saga_type=context.saga_type,
-            step=step.name,
-            phase=phase,
-            attempt=attempt,
-            idempotency_key=(
-                f"{context.saga_id}:{step.name}:compensate"
-                if phase is Phase.COMPENSATION
-                else f"{context.saga_id}:{step.name}"
-            ),
-            fencing_token=context.version,
-        )
-        timeout = step.timeout_seconds
-        if phase is Phase.COMPENSATION and step.compensation_timeout_seconds is not None:
-            timeout = step.compensation_timeout_seconds
-        if phase is Phase.ACTION and context.deadline is not None and not step.retriable:
-            remaining = (context.deadline - self.clock.now()).total_seconds()
-            timeout = remaining if timeout is None else min(timeout, remaining)
-        call: Callable[[], Awaitable[Any]] = lambda: fn(context.data)  # noqa: E731
-        for interceptor in reversed(self.interceptors):
-            call = _wrap(interceptor, run, call)
-        policy = (step.retry or self.default_retry) if phase is Phase.ACTION else None
-        token = _current.set(run)
-        # A repository with leases cancels a step before its lease can expire.
-        guard = (
-            self._leases.lease_guard(context.saga_id) if self._leases is not None else nullcontext()
-        )
-        started = time.perf_counter()
-        try:
-            with guard:  # raises SagaLeaseError if the lease runs out first
-                if timeout is None:
-                    await call()
-                else:
-                    with anyio.fail_after(max(timeout, 0.0)):
-                        await call()
-        except SagaLeaseError:
-            raise
-        except Exception as exc:
-            seconds = time.perf_counter() - started
-            retryable = policy.should_retry(exc) if policy is not None else True
-            timed_out = isinstance(exc, TimeoutError) and timeout is not None
-            text = f"TimeoutError: no result within {timeout:g}s" if timed_out else _describe(exc)
-            event = "saga.step.failed" if phase is Phase.ACTION else "saga.compensation.failed"
-            logger.warning(
-                "%s: %s %s attempt %d: %s",
-                event,
-                context.saga_type,
-                step.name,
-                attempt,
-                text,
-                extra={
-                    "event": event,
-                    "saga_id": str(context.saga_id),
-                    "saga_type": context.saga_type,
-                    "step": step.name,
-                    "attempt": attempt,
-                },
-            )
-            # Only a declared refusal proves that the step did not act. After anything else (a
-            # timeout, a lost connection, a bug after the charge) nobody knows, so the step
-            # counts as possibly done and is compensated.
-            effect_possible = (
-                phase is Phase.COMPENSATION or timed_out or not is_refusal(exc, step.refusals)
-            )
-            failure = machine.Failure(
-                text=text, retryable=retryable, effect_possible=effect_possible
-            )
-            return _Outcome(failure, seconds)
-        finally:
-            _current.reset(token)
-        return _Outcome(None, time.perf_counter() - started)
-
-    def _check_result(self, context: SagaContext[Any], step: str, result: Any) -> dict[str, Any]:
-        if result is None:
-            return {}
-        if not isinstance(result, Mapping):
-            raise InvalidStepResultError(
-                f"step {step!r} returned {type(result).__name__}; "
-                "an action returns a dict of data fields to set, or None",
-                saga_id=context.saga_id,
-                step=step,
-            )
-        fields = getattr(type(context.data), "__dataclass_fields__", {})
-        checked: dict[str, Any] = {}
-        for key, value in result.items():
-            if key not in fields:
-                raise InvalidStepResultError(
-                    f"step {step!r} returned unknown field {key!r}; "
-                    f"{type(context.data).__name__} has {sorted(fields)}",
-                    saga_id=context.saga_id,
-                    step=step,
-                )
-            encode_value(value, f"{step} result[{key!r}]")
-            checked[key] = value
-        return checked
-
     # ------------------------------------------------------------------ spec helper
 
     async def _execute_step(
@@ -736,164 +406,4 @@ class SagaOrchestrator:
         saga = _saga_of(context)
         name = step if isinstance(step, str) else step.name
         index = next(i for i, s in enumerate(saga.steps) if s.name == name)
-        definition = saga.steps[index]
-        state = context.steps[index]
-        policy = definition.retry or self.default_retry
-        while True:
-            machine.unrecorded_attempt_start(state)
-            failure = (await self._attempt(context, definition, state)).failure
-            final = (
-                failure is None or not failure.retryable or state.attempts >= policy.max_attempts
-            )
-            machine.unrecorded_attempt_end(state, failure, final=final)
-            if failure is None or final:
-                return failure is None
-            await self.clock.sleep(policy.backoff_seconds(state.attempts))
-
-    # ------------------------------------------------------------------ recording
-
-    async def _commit(
-        self, context: SagaContext[Any], pending: machine.Transition, *, lease: bool = True
-    ) -> None:
-        now = self.clock.now()
-        context.updated_at = now
-        expected = context.version
-        first_sequence = context.event_sequence
-        # Sequence numbers always advance; the event objects are built only when someone
-        # consumes them (a listener, a publisher, or a repository with an outbox).
-        events: list[SagaEvent] = []
-        if (
-            self.listeners
-            or self.event_publisher is not None
-            or self._repository_stores_events
-            or logger.isEnabledFor(logging.INFO)
-        ):
-            events = [
-                SagaEvent(
-                    saga_id=context.saga_id,
-                    saga_type=context.saga_type,
-                    correlation_id=context.correlation_id,
-                    sequence=first_sequence + offset + 1,
-                    occurred_at=now,
-                    **item,
-                )
-                for offset, item in enumerate(pending.events)
-            ]
-        context.version = expected + 1
-        context.event_sequence = first_sequence + len(pending.events)
-        try:
-            state = encode_transition(context)
-            if _MAIN_MODULE_TYPES and not self._process_local:
-                for cls in take_main_module_types():
-                    warnings.warn(main_module_warning(cls), MainModuleDataWarning, stacklevel=2)
-            if expected == 0 and not lease:
-                assert self._leases is not None  # submit() checked
-                await self._leases.create(context, state, events, lease=False)
-            elif expected == 0:
-                await self.repository.create(context, state, events)
-            else:
-                await self.repository.update(
-                    context, state, expected_version=expected, events=events
-                )
-        except BaseException:
-            context.version = expected
-            context.event_sequence = first_sequence
-            context._step_json = None  # what is stored is unknown now: encode it all next time
-            raise
-        await self._emit(events)
-
-    async def _emit(self, events: Sequence[SagaEvent]) -> None:
-        if not events:
-            return
-        if logger.isEnabledFor(logging.INFO):
-            for event in events:
-                _log_event(event)
-        for listener in self.listeners:
-            for event in events:
-                try:
-                    listener.on_event(event)
-                except Exception:  # a broken listener must not break sagas
-                    logger.exception("saga.listener.failed: %r", listener)
-        if self.event_publisher is not None:
-            try:
-                await self.event_publisher.publish(events)
-            except Exception:
-                # The transition is recorded; without an outbox the event is lost, loudly.
-                logger.exception(
-                    "saga.event.publish_failed: %d events of saga %s",
-                    len(events),
-                    events[0].saga_id,
-                )
-
-    async def _sleep_until(self, when: datetime | None) -> None:
-        if when is None:
-            return
-        delay = (when - self.clock.now()).total_seconds()
-        if delay > 0 and math.isfinite(delay):
-            control = _control.get()
-            if control is not None and (delay > control.park_after_seconds or control.stopping()):
-                raise _Parked  # the wait is stored (run_after): any worker resumes it
-            if control is None or control.stopped is None:
-                await self.clock.sleep(delay)
-                return
-            stopped = control.stopped
-            parked = False
-            async with anyio.create_task_group() as tg:
-
-                async def park_on_stop() -> None:
-                    nonlocal parked
-                    await stopped()
-                    parked = True
-                    tg.cancel_scope.cancel()
-
-                tg.start_soon(park_on_stop)
-                await self.clock.sleep(delay)
-                tg.cancel_scope.cancel()
-            if parked:
-                raise _Parked  # the worker is stopping: the stored wait is handed back
-
-
-def _log_event(event: SagaEvent) -> None:
-    """One INFO record per lifecycle event, named `saga.<event type>`, ids in `extra`."""
-    name = event.type.value if event.type.value.startswith("saga.") else f"saga.{event.type}"
-    level = logging.WARNING if event.type is SagaEventType.SAGA_FAILED else logging.INFO
-    logger.log(
-        level,
-        "%s: %s %s%s%s",
-        name,
-        event.saga_type,
-        event.saga_id,
-        f" {event.step}" if event.step else "",
-        f" ({event.error})" if event.error else "",
-        extra={
-            "event": name,
-            "saga_id": str(event.saga_id),
-            "saga_type": event.saga_type,
-            "step": event.step,
-            "attempt": event.attempt,
-            "sequence": event.sequence,
-            "correlation_id": event.correlation_id,
-        },
-    )
-
-
-def _apply(context: SagaContext[Any], checked: Mapping[str, Any]) -> None:
-    for key, value in checked.items():
-        setattr(context.data, key, value)
-
-
-def _wrap(
-    interceptor: StepInterceptor, run: StepRun, inner: Callable[[], Awaitable[Any]]
-) -> Callable[[], Awaitable[Any]]:
-    return lambda: interceptor(run, inner)
-
-
-def _saga_of(context: SagaContext[T]) -> BaseSaga[T]:
-    saga = context._saga
-    if saga is None:
-        raise SagaStateError(
-            f"saga {context.saga_id} ({context.saga_type}) has no saga object attached; "
-            "rebuild it through the registry",
-            saga_id=context.saga_id,
-        )
-    return saga
+        return await self._attempt_unrecorded(context, saga.steps[index], context.steps[index])

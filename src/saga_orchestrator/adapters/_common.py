@@ -1,4 +1,5 @@
-"""What the SQLite and PostgreSQL adapters share: their migration files and status filters."""
+"""What the SQLite and PostgreSQL adapters share: their migration files and status filters (and
+a SQLite read, for the rows of a query)."""
 
 from __future__ import annotations
 
@@ -90,3 +91,12 @@ def selection(
         clauses.append(type_clause)
         params.append(saga_type)
     return clauses, params
+
+
+def fetch_all(query: str) -> Callable[[sqlite3.Connection], list[Any]]:
+    """A SQLite read (for the adapter's reader thread): ``query``'s rows."""
+
+    def run(connection: sqlite3.Connection) -> list[Any]:
+        return connection.execute(query).fetchall()
+
+    return run

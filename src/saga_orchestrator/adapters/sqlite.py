@@ -35,7 +35,7 @@ from ..errors import SagaAlreadyExistsError, SagaConflictError
 from ..events import SagaEvent, decode_event, encode_event
 from ..serialization import decode_context
 from ..state import ACTIVE_STATUSES, SagaContext, SagaStatus, SkippedSaga
-from ._common import pending_migrations, script_statements, selection, status_filter
+from ._common import fetch_all, pending_migrations, script_statements, selection, status_filter
 from ._lifecycle import AsyncLifecycle
 
 __all__ = ["SQLiteIdempotencyStore", "SQLiteSagaRepository", "migrate"]
@@ -427,7 +427,7 @@ class SQLiteSagaRepository(_SQLiteBase):
                 "SELECT saga_type, status, count(*) FROM sagas"
                 f" WHERE {status_filter(group)} GROUP BY saga_type, status"
             )
-            rows = await self._db.read(_fetch_all(query))
+            rows = await self._db.read(fetch_all(query))
             counts.update({(row[0], SagaStatus(row[1])): row[2] for row in rows})
         return counts
 
@@ -454,7 +454,7 @@ class SQLiteSagaRepository(_SQLiteBase):
         """The unfinished sagas whose mark still holds, oldest mark first."""
         active = ", ".join(f"'{s.value}'" for s in ACTIVE_STATUSES)
         rows = await self._db.read(
-            _fetch_all(
+            fetch_all(
                 "SELECT m.saga_id, s.saga_type, m.reason, m.saga_version FROM saga_stranded m"
                 " JOIN sagas s ON s.saga_id = m.saga_id AND s.version = m.version"
                 f" WHERE s.status IN ({active}) ORDER BY m.marked_at, m.rowid LIMIT {int(limit)}"
@@ -592,10 +592,3 @@ def _selection(
         statuses, saga_type, status_clause=status_filter, type_clause="saga_type = ?"
     )
     return (f" WHERE {' AND '.join(clauses)}" if clauses else ""), params
-
-
-def _fetch_all(query: str) -> Callable[[sqlite3.Connection], list[Any]]:
-    def run(connection: sqlite3.Connection) -> list[Any]:
-        return connection.execute(query).fetchall()
-
-    return run

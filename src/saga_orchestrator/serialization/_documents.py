@@ -1,0 +1,290 @@
+"""The saga-document codec: a whole saga (its context, step records and error history) as
+one JSON document, the repositories' ``state`` column.
+
+Documented, and imported, through [`saga_orchestrator.serialization`][].
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from ..errors import SerializationError
+from ..state import ErrorKind, ErrorRecord, SagaContext, SagaStatus, StepState, StepStatus
+from ._values import (
+    _ENCODER,
+    _KEEP_UNKNOWN,
+    _RECORD_DEPTH,
+    _decode,
+    _encode_top,
+    _json,
+    _parse,
+    _Refused,
+)
+
+FORMAT_VERSION = 1
+
+
+def _dt(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _encode_step(step: StepState) -> dict[str, Any]:
+    return {
+        "name": step.name,
+        "status": step.status.value,
+        "attempts": step.attempts,
+        "error": step.error,
+        "effect_possible": step.effect_possible,
+        "started_at": _dt(step.started_at),
+        "completed_at": _dt(step.completed_at),
+        "next_attempt_at": _dt(step.next_attempt_at),
+        "compensation_attempts": step.compensation_attempts,
+        "compensation_error": step.compensation_error,
+        "compensation_started_at": _dt(step.compensation_started_at),
+        "compensated_at": _dt(step.compensated_at),
+    }
+
+
+def encode_context(context: SagaContext[Any]) -> str:
+    """The whole context as one JSON document (the repositories' ``state`` column).
+
+    The data may nest one level more than
+    [`MAX_DEPTH`][saga_orchestrator.serialization.MAX_DEPTH] (each of its fields, that much).
+    """
+    context._step_json = None
+    return _encode_document(context, [_step_text(step) for step in context.steps])
+
+
+def encode_transition(context: SagaContext[Any]) -> str:
+    """The same document as [`encode_context`][], re-encoding only the step records a
+    transition can have touched: the step the saga was at when last encoded this way, and
+    the one it is at now (every transition of the state machine changes only those). The
+    other records' JSON is reused, so a transition costs the same however many steps the
+    saga has. The first call (and any after ``encode_context``) encodes every record."""
+    texts = context._step_json
+    count = len(context.steps)
+    if texts is None or len(texts) != count:
+        texts = [_step_text(step) for step in context.steps]
+    else:
+        for index in {context._step_json_at, context.current_step_index}:
+            if 0 <= index < count:
+                texts[index] = _step_text(context.steps[index])
+    context._step_json = None  # kept only once the document is built
+    text = _encode_document(context, texts)
+    context._step_json = texts
+    context._step_json_at = context.current_step_index
+    return text
+
+
+def _step_text(step: StepState) -> str:
+    return _ENCODER.encode(_encode_step(step))
+
+
+def _encode_document(context: SagaContext[Any], step_texts: list[str]) -> str:
+    document: dict[str, Any] = {
+        "format": FORMAT_VERSION,
+        "saga_id": str(context.saga_id),
+        "saga_type": context.saga_type,
+        "correlation_id": context.correlation_id,
+        "status": context.status.value,
+        "current_step_index": context.current_step_index,
+        "error": context.error,
+        "created_at": _dt(context.created_at),
+        "updated_at": _dt(context.updated_at),
+        "deadline": _dt(context.deadline),
+        "version": context.version,
+        "event_sequence": context.event_sequence,
+        "data": _encode_top(context.data, "data", _RECORD_DEPTH),
+    }
+    if context.saga_version != 1:  # absent for version 1 (and in older rows)
+        document["saga_version"] = context.saga_version
+    if context.error_history:  # absent in the sagas that never failed (and in older rows)
+        document["error_history"] = [
+            {"kind": r.kind.value, "message": r.message, "at": _dt(r.at), "step": r.step}
+            for r in context.error_history
+        ]
+    head = _json(document, f"saga {context.saga_id}")
+    return f'{head[:-1]},"steps":[{",".join(step_texts)}]}}'
+
+
+_MALFORMED = "stored saga state is malformed"
+
+
+def decode_context(text: str | bytes, *, keep_unknown_types: bool = False) -> SagaContext[Any]:
+    """Rebuild a context written by [`encode_context`][].
+
+    Raises [`SerializationError`][], and nothing else, for any text that is not such a
+    document: not JSON, not an object, a field missing or of the wrong type, a status that does
+    not exist, ``current_step_index`` outside the steps, data nested past
+    [`MAX_DEPTH`][saga_orchestrator.serialization.MAX_DEPTH], a class that cannot be imported.
+
+    With ``keep_unknown_types``, a dataclass or enum value whose class cannot be rebuilt
+    becomes an [`UnresolvedValue`][saga_orchestrator.serialization.UnresolvedValue] instead
+    of an error: for tools that show stored sagas without their code. Such a context cannot
+    be driven.
+    """
+    document = _parse(text, _MALFORMED)
+    token = _KEEP_UNKNOWN.set(keep_unknown_types)
+    try:
+        return _decode_document(document)
+    except _Refused as exc:
+        raise SerializationError(
+            f"{_MALFORMED}: {exc.where('')}{': ' if exc.path else ''}{exc.reason}"
+        ) from None
+    except RecursionError:
+        raise SerializationError(
+            f"{_MALFORMED}: nested too deeply for the interpreter's recursion limit"
+        ) from None
+    finally:
+        _KEEP_UNKNOWN.reset(token)
+
+
+def _decode_document(document: Any) -> SagaContext[Any]:
+    if type(document) is not dict:
+        raise _Refused(f"a JSON {_json_type(document)}, not an object")
+    if document.get("format") != FORMAT_VERSION:
+        raise _Refused(f"unsupported state format {document.get('format')!r:.60}")
+    saga_id = _get(document, "saga_id", str)
+    try:
+        uuid = UUID(saga_id)
+    except ValueError:
+        raise _Refused(f"saga_id {saga_id!r:.60} is not a UUID") from None
+    raw_steps = _get(document, "steps", list)
+    steps = []
+    for index, raw in enumerate(raw_steps):
+        try:
+            steps.append(_decode_step(raw))
+        except _Refused as exc:
+            exc.path.append(f"steps[{index}]")
+            raise
+    current = _get(document, "current_step_index", int)
+    if not (0 <= current < len(steps) or current == 0 == len(steps)):
+        raise _Refused(
+            f"current_step_index {current} is outside the saga's {len(steps)} "
+            f"step{'' if len(steps) == 1 else 's'}"
+        )
+    if "data" not in document:
+        raise _Refused("field 'data' is missing")
+    try:
+        data = _decode(document["data"], _RECORD_DEPTH)
+    except _Refused as exc:
+        exc.path.append("data")
+        raise
+    history = []
+    raw_history = document.get("error_history")
+    if raw_history is not None:
+        for index, raw in enumerate(_get(document, "error_history", list)):
+            try:
+                history.append(_decode_error_record(raw))
+            except _Refused as exc:
+                exc.path.append(f"error_history[{index}]")
+                raise
+    return SagaContext(
+        saga_id=uuid,
+        saga_type=_get(document, "saga_type", str),
+        data=data,
+        steps=steps,
+        correlation_id=_get(document, "correlation_id", str, optional=True),
+        status=_status(SagaStatus, document, "status"),
+        current_step_index=current,
+        error=_get(document, "error", str, optional=True),
+        created_at=_time(document, "created_at"),
+        updated_at=_time(document, "updated_at"),
+        deadline=_time(document, "deadline"),
+        version=_count(document, "version"),
+        event_sequence=_count(document, "event_sequence"),
+        error_history=history,
+        saga_version=_saga_version(document),
+    )
+
+
+def _saga_version(document: dict[str, Any]) -> int:
+    if "saga_version" not in document:
+        return 1
+    version = _count(document, "saga_version")
+    if version < 1:
+        raise _Refused(f"saga_version is {version}, not a version (>= 1)")
+    return version
+
+
+def _decode_error_record(raw: Any) -> ErrorRecord:
+    if type(raw) is not dict:
+        raise _Refused(f"a JSON {_json_type(raw)}, not an object")
+    return ErrorRecord(
+        kind=_status(ErrorKind, raw, "kind"),
+        message=_get(raw, "message", str),
+        at=_time(raw, "at"),
+        step=_get(raw, "step", str, optional=True),
+    )
+
+
+def _decode_step(raw: Any) -> StepState:
+    if type(raw) is not dict:
+        raise _Refused(f"a JSON {_json_type(raw)}, not an object")
+    return StepState(
+        name=_get(raw, "name", str),
+        status=_status(StepStatus, raw, "status"),
+        attempts=_count(raw, "attempts"),
+        error=_get(raw, "error", str, optional=True),
+        effect_possible=_get(raw, "effect_possible", bool),
+        started_at=_time(raw, "started_at"),
+        completed_at=_time(raw, "completed_at"),
+        next_attempt_at=_time(raw, "next_attempt_at"),
+        compensation_attempts=_count(raw, "compensation_attempts"),
+        compensation_error=_get(raw, "compensation_error", str, optional=True),
+        compensation_started_at=_time(raw, "compensation_started_at"),
+        compensated_at=_time(raw, "compensated_at"),
+    )
+
+
+_JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", float: "number"}
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if type(value) is bool:
+        return "boolean"
+    return _JSON_TYPES.get(type(value), type(value).__name__)
+
+
+def _get(document: dict[str, Any], key: str, kind: type, *, optional: bool = False) -> Any:
+    """``document[key]``, which must be a ``kind`` (or null, if ``optional``)."""
+    if key not in document:
+        raise _Refused(f"field {key!r} is missing")
+    value = document[key]
+    if (value is None and optional) or type(value) is kind:
+        return value
+    expected = _JSON_TYPES.get(kind, "boolean") + (" or null" if optional else "")
+    raise _Refused(f"{key} is {_json_type(value)} {value!r:.60}, not {expected}")
+
+
+def _count(document: dict[str, Any], key: str) -> int:
+    value: int = _get(document, key, int)
+    if value < 0:
+        raise _Refused(f"{key} is {value}, not a count (>= 0)")
+    return value
+
+
+def _status(
+    kind: type[SagaStatus] | type[StepStatus] | type[ErrorKind], document: dict[str, Any], key: str
+) -> Any:
+    value = _get(document, key, str)
+    try:
+        return kind(value)
+    except ValueError:
+        known = ", ".join(member.value for member in kind)
+        raise _Refused(f"{key} {value!r:.60} is none of {known}") from None
+
+
+def _time(document: dict[str, Any], key: str) -> datetime | None:
+    value = document.get(key)
+    if type(value) is not str:
+        _get(document, key, str, optional=True)  # missing, or of the wrong type: refused
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise _Refused(f"{key} {value!r:.60} is not an ISO 8601 date and time") from None
