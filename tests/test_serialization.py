@@ -452,7 +452,6 @@ MALFORMED: list[Any] = [
     _with("steps.1", {}),
     _with("steps.1.name", None),
     _with("steps.1.status", "bogus"),
-    _with("steps.1.status", "-"),
     _with("steps.1.attempts", -1),
     _with("steps.1.attempts", 1.5),
     _with("steps.1.attempts", False),
@@ -460,7 +459,8 @@ MALFORMED: list[Any] = [
     _with("steps.1.effect_possible", 0),
     _with("steps.1.started_at", "not a time"),
     _with("steps.1.completed_at", 5),
-    _with("steps.1.compensation_attempts", "-"),
+    _with("steps.1.compensation_attempts", "3"),
+    _with("steps.1.name", "-"),
     _with("data", "-"),
     _with("data.$dataclass", 5),
     _with("data.fields", 5),
@@ -630,3 +630,29 @@ def test_a_mutated_document_reads_back_or_is_a_serialization_error(
         return
     assert isinstance(context, SagaContext)
     assert 0 <= context.current_step_index < max(len(context.steps), 1)
+
+
+def test_step_records_omit_defaults_and_read_them_back() -> None:
+    """A step record stores only what differs from ``StepState``'s defaults; absent fields
+    read back as the defaults, so a field added with a default reads from older records, and
+    older records (every field written) read as before."""
+    context = _context(Line("SKU-1", Decimal("1")), steps=3)
+    context.steps[2] = StepState("step2")  # never ran
+    document = json.loads(encode_context(context))
+    assert document["steps"][2] == {"name": "step2"}
+    assert decode_context(json.dumps(document)).steps == context.steps
+    document["steps"][2] = {
+        "name": "step2",
+        "status": "pending",
+        "attempts": 0,
+        "error": None,
+        "effect_possible": False,
+        "started_at": None,
+        "completed_at": None,
+        "next_attempt_at": None,
+        "compensation_attempts": 0,
+        "compensation_error": None,
+        "compensation_started_at": None,
+        "compensated_at": None,
+    }  # as 0.1.0 wrote it
+    assert decode_context(json.dumps(document)).steps == context.steps

@@ -31,20 +31,33 @@ def _dt(value: datetime | None) -> str | None:
 
 
 def _encode_step(step: StepState) -> dict[str, Any]:
-    return {
-        "name": step.name,
-        "status": step.status.value,
-        "attempts": step.attempts,
-        "error": step.error,
-        "effect_possible": step.effect_possible,
-        "started_at": _dt(step.started_at),
-        "completed_at": _dt(step.completed_at),
-        "next_attempt_at": _dt(step.next_attempt_at),
-        "compensation_attempts": step.compensation_attempts,
-        "compensation_error": step.compensation_error,
-        "compensation_started_at": _dt(step.compensation_started_at),
-        "compensated_at": _dt(step.compensated_at),
-    }
+    """A step record: its name, and each field that differs from the field's default (a
+    pending step that never ran is ``{"name": ...}``). Reading fills in the defaults, so a
+    field added to ``StepState`` with a default reads from older records."""
+    record: dict[str, Any] = {"name": step.name}
+    if step.status is not StepStatus.PENDING:
+        record["status"] = step.status.value
+    if step.attempts:
+        record["attempts"] = step.attempts
+    if step.error is not None:
+        record["error"] = step.error
+    if step.effect_possible:
+        record["effect_possible"] = True
+    if step.started_at is not None:
+        record["started_at"] = _dt(step.started_at)
+    if step.completed_at is not None:
+        record["completed_at"] = _dt(step.completed_at)
+    if step.next_attempt_at is not None:
+        record["next_attempt_at"] = _dt(step.next_attempt_at)
+    if step.compensation_attempts:
+        record["compensation_attempts"] = step.compensation_attempts
+    if step.compensation_error is not None:
+        record["compensation_error"] = step.compensation_error
+    if step.compensation_started_at is not None:
+        record["compensation_started_at"] = _dt(step.compensation_started_at)
+    if step.compensated_at is not None:
+        record["compensated_at"] = _dt(step.compensated_at)
+    return record
 
 
 def encode_context(context: SagaContext[Any]) -> str:
@@ -221,21 +234,30 @@ def _decode_error_record(raw: Any) -> ErrorRecord:
 
 
 def _decode_step(raw: Any) -> StepState:
+    """A step record, each absent field taking ``StepState``'s default (see _encode_step)."""
     if type(raw) is not dict:
         raise _Refused(f"a JSON {_json_type(raw)}, not an object")
     return StepState(
         name=_get(raw, "name", str),
-        status=_status(StepStatus, raw, "status"),
-        attempts=_count(raw, "attempts"),
-        error=_get(raw, "error", str, optional=True),
-        effect_possible=_get(raw, "effect_possible", bool),
-        started_at=_time(raw, "started_at"),
-        completed_at=_time(raw, "completed_at"),
-        next_attempt_at=_time(raw, "next_attempt_at"),
-        compensation_attempts=_count(raw, "compensation_attempts"),
-        compensation_error=_get(raw, "compensation_error", str, optional=True),
-        compensation_started_at=_time(raw, "compensation_started_at"),
-        compensated_at=_time(raw, "compensated_at"),
+        status=_status(StepStatus, raw, "status") if "status" in raw else StepStatus.PENDING,
+        attempts=_count(raw, "attempts") if "attempts" in raw else 0,
+        error=_get(raw, "error", str, optional=True) if "error" in raw else None,
+        effect_possible=(_get(raw, "effect_possible", bool) if "effect_possible" in raw else False),
+        started_at=_time(raw, "started_at") if "started_at" in raw else None,
+        completed_at=_time(raw, "completed_at") if "completed_at" in raw else None,
+        next_attempt_at=_time(raw, "next_attempt_at") if "next_attempt_at" in raw else None,
+        compensation_attempts=(
+            _count(raw, "compensation_attempts") if "compensation_attempts" in raw else 0
+        ),
+        compensation_error=(
+            _get(raw, "compensation_error", str, optional=True)
+            if "compensation_error" in raw
+            else None
+        ),
+        compensation_started_at=(
+            _time(raw, "compensation_started_at") if "compensation_started_at" in raw else None
+        ),
+        compensated_at=_time(raw, "compensated_at") if "compensated_at" in raw else None,
     )
 
 
