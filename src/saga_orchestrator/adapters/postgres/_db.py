@@ -17,6 +17,7 @@ from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
 
 from ...errors import SagaAlreadyExistsError, SagaConflictError
+from ...retry import RetryPolicy
 from .._lifecycle import AsyncLifecycle
 from ._migrate import migrate
 
@@ -48,8 +49,16 @@ class _Write:
             self.future.set_exception(error)
 
 
+RECONNECT_RETRY = RetryPolicy(
+    max_attempts=1_000_000, initial_backoff_seconds=0.05, max_backoff_seconds=2.0, jitter_ratio=0.0
+)
+"""The delays between reconnection attempts (0.05 s, doubling, at most 2 s): the library's one
+backoff formula, ``RetryPolicy``'s. Only the number of attempts is the adapter's own
+(``reconnect_attempts``)."""
+
+
 def _backoff(attempt: int) -> float:
-    return float(min(0.05 * 2 ** (attempt - 1), 2.0))
+    return RECONNECT_RETRY.backoff_seconds(attempt)
 
 
 class _Database:
