@@ -1093,7 +1093,7 @@ def machine_info(pg_url: str | None = None) -> dict[str, Any]:
 
 _CATEGORIES = (
     ("waiting for I/O (event loop idle in epoll)", ("select (selectors.py",)),
-    ("JSON encoding/decoding of the saga state", ("serialization.py", "json/")),
+    ("JSON encoding/decoding of the saga state", ("serialization/", "json/")),
     ("saga-orchestrator PostgreSQL adapter", ("adapters/postgres/",)),
     ("saga-orchestrator engine", ("saga_orchestrator/",)),
     ("psycopg / psycopg-pool", ("psycopg",)),

@@ -94,7 +94,8 @@ def fingerprint(backend: str) -> str:
     package = Path(saga_orchestrator.__file__).parent
     digest = hashlib.sha256(f"fill {FILL_VERSION}".encode())
     files = sorted((package / "adapters" / "migrations" / backend).glob("*.sql"))
-    files += [package / "serialization.py", Path(order_fulfillment.domain.__file__)]
+    files += sorted((package / "serialization").glob("*.py"))
+    files += [Path(order_fulfillment.domain.__file__)]
     for file in files:
         digest.update(file.name.encode())
         digest.update(file.read_bytes())
