@@ -58,6 +58,7 @@ from saga_orchestrator import (
     current_step,
 )
 from saga_orchestrator.runtime import Phase, StepRun
+from saga_orchestrator.serialization._documents import _encode_document, _step_text
 from saga_orchestrator.state import SagaContext
 from saga_orchestrator.testing import ManualClock
 
@@ -305,11 +306,32 @@ class LedgerSaga(BaseSaga[LedgerData]):
 # ---------------------------------------------------------------- running
 
 
+class CheckedMemoryRepository(InMemorySagaRepository):
+    """The in-memory repository, checking that each written document (encoded by
+    ``encode_transition``, which reuses the step records a transition cannot have touched)
+    is exactly the document of the whole context encoded afresh."""
+
+    async def create(self, context: Any, state: str, events: Any = ()) -> None:
+        _assert_fresh(context, state)
+        await super().create(context, state, events)
+
+    async def update(
+        self, context: Any, state: str, *, expected_version: int, events: Any = ()
+    ) -> None:
+        _assert_fresh(context, state)
+        await super().update(context, state, expected_version=expected_version, events=events)
+
+
+def _assert_fresh(context: Any, state: str) -> None:
+    full = _encode_document(context, [_step_text(step) for step in context.steps])
+    assert state == full, "a stale step record was written"
+
+
 class MemoryStorage:
     """One in-memory repository, surviving the simulated restarts."""
 
     def __init__(self) -> None:
-        self.repository = InMemorySagaRepository()
+        self.repository = CheckedMemoryRepository()
 
     def open(self) -> SagaRepository:
         return self.repository

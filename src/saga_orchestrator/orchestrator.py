@@ -406,4 +406,5 @@ class SagaOrchestrator(_Driving):
         saga = _saga_of(context)
         name = step if isinstance(step, str) else step.name
         index = next(i for i, s in enumerate(saga.steps) if s.name == name)
+        context._step_json = None  # a record changes outside a transition: encode all next time
         return await self._attempt_unrecorded(context, saga.steps[index], context.steps[index])
