@@ -58,7 +58,7 @@ class _Calls(_Recording):
     ) -> _Outcome:
         """One attempt of a forward step, idempotency replay included; result applied."""
         store = self.idempotency_store
-        key = f"{context.saga_id}:{step.name}"  # context.idempotency_key, without the lookup
+        key = f"{context.saga_id_text}:{step.name}"  # context.idempotency_key, without lookup
         if store is not None:
             cached = await store.get(key)
             if cached is not None:
@@ -102,9 +102,9 @@ class _Calls(_Recording):
             phase=phase,
             attempt=attempt,
             idempotency_key=(
-                f"{context.saga_id}:{step.name}:compensate"
+                f"{context.saga_id_text}:{step.name}:compensate"
                 if phase is Phase.COMPENSATION
-                else f"{context.saga_id}:{step.name}"
+                else f"{context.saga_id_text}:{step.name}"
             ),
             fencing_token=context.version,
         )

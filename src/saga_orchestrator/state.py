@@ -206,6 +206,15 @@ class SagaContext(Generic[T]):
     # transition re-encodes only the steps it can have touched (see serialization).
     _step_json: list[str] | None = field(default=None, repr=False)
     _step_json_at: int = field(default=0, repr=False)
+    _id_text: tuple[UUID, str] | None = field(default=None, repr=False)
+
+    @property
+    def saga_id_text(self) -> str:
+        """``str(saga_id)``, computed once per id (it is written at every transition)."""
+        cached = self._id_text
+        if cached is None or cached[0] is not self.saga_id:
+            cached = self._id_text = (self.saga_id, str(self.saga_id))
+        return cached[1]
 
     @property
     def is_terminal(self) -> bool:

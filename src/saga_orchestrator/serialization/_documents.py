@@ -98,7 +98,7 @@ def _step_text(step: StepState) -> str:
 def _encode_document(context: SagaContext[Any], step_texts: list[str]) -> str:
     document: dict[str, Any] = {
         "format": FORMAT_VERSION,
-        "saga_id": str(context.saga_id),
+        "saga_id": context.saga_id_text,
         "saga_type": context.saga_type,
         "correlation_id": context.correlation_id,
         "status": context.status.value,
@@ -118,7 +118,10 @@ def _encode_document(context: SagaContext[Any], step_texts: list[str]) -> str:
             {"kind": r.kind.value, "message": r.message, "at": _dt(r.at), "step": r.step}
             for r in context.error_history
         ]
-    head = _json(document, f"saga {context.saga_id}")
+    try:
+        head = _ENCODER.encode(document)
+    except ValueError:  # only to say where: the same call raises the error
+        head = _json(document, f"saga {context.saga_id}")
     return f'{head[:-1]},"steps":[{",".join(step_texts)}]}}'
 
 
