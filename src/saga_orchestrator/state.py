@@ -204,9 +204,10 @@ class SagaContext(Generic[T]):
     _saga: BaseSaga[T] | None = field(default=None, repr=False)
     # The JSON of each step record as last written, and the step the saga was at then: a
     # transition re-encodes only the steps it can have touched (see serialization).
-    _step_json: list[str] | None = field(default=None, repr=False)
-    _step_json_at: int = field(default=0, repr=False)
-    _id_text: tuple[UUID, str] | None = field(default=None, repr=False)
+    # Not init fields: a copy (``dataclasses.replace``) starts without them.
+    _step_json: list[str] | None = field(default=None, init=False, repr=False, compare=False)
+    _step_json_at: int = field(default=0, init=False, repr=False, compare=False)
+    _id_text: tuple[UUID, str] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def saga_id_text(self) -> str:

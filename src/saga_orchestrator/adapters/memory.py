@@ -84,9 +84,8 @@ class InMemorySagaRepository:
         row = self._rows.get(context.saga_id)
         if row is None or row.version != expected_version:
             raise SagaConflictError(context.saga_id, expected_version)
-        row.status = context.status
-        row.version = context.version
-        row.state = state
+        # The row mirrors the context's status (decided by the state machine) for queries.
+        row.status, row.version, row.state = context.status, context.version, state
         self.writes += 1
 
     async def get(self, saga_id: UUID) -> SagaContext[Any] | None:

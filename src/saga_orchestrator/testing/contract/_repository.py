@@ -79,7 +79,7 @@ class SagaRepositoryContract:
         first = await saga_repository.get(context.saga_id)
         assert first is not None
         assert first is not context
-        first.status = SagaStatus.FAILED
+        first.error = "changed"
         first.data.flight = "changed"
         second = await saga_repository.get(context.saga_id)
         assert second is not first

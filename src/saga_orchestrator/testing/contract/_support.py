@@ -98,10 +98,13 @@ def _rich_context() -> SagaContext[Any]:
 
 
 def _fields(context: SagaContext[Any] | None) -> dict[str, Any]:
-    """Every stored field of a record (not the saga object it may be attached to)."""
+    """Every stored field of a record (not the saga object it may be attached to, nor the
+    engine's private caches)."""
     assert context is not None, "the saga is not stored"
     return {
-        f.name: getattr(context, f.name) for f in dataclasses.fields(context) if f.name != "_saga"
+        f.name: getattr(context, f.name)
+        for f in dataclasses.fields(context)
+        if not f.name.startswith("_")
     }
 
 
