@@ -4,6 +4,7 @@
 saga-orchestrator --db orders.db list --status failed
 saga-orchestrator --db orders.db list --status running compensating --older-than 10m
 saga-orchestrator --db orders.db list --type order_fulfillment --json
+saga-orchestrator --db orders.db list --stranded    # unfinished: recover() could not resume them
 saga-orchestrator --db orders.db show 1b9e4a52-0c1e-4d5e-9a4b-6f0d2b7c8e11
 saga-orchestrator --app order_fulfillment.admin:orchestrator --db orders.db retry ID
 saga-orchestrator --app order_fulfillment.admin:orchestrator --db orders.db cancel ID \\
