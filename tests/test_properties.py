@@ -327,6 +327,20 @@ def _assert_fresh(context: Any, state: str) -> None:
     assert state == full, "a stale step record was written"
 
 
+class CheckedSQLiteRepository(SQLiteSagaRepository):
+    """The SQLite repository, with the same check as ``CheckedMemoryRepository``."""
+
+    async def create(self, context: Any, state: str, events: Any = ()) -> None:
+        _assert_fresh(context, state)
+        await super().create(context, state, events)
+
+    async def update(
+        self, context: Any, state: str, *, expected_version: int, events: Any = ()
+    ) -> None:
+        _assert_fresh(context, state)
+        await super().update(context, state, expected_version=expected_version, events=events)
+
+
 class MemoryStorage:
     """One in-memory repository, surviving the simulated restarts."""
 
@@ -348,7 +362,7 @@ class SQLiteStorage:
         self.repositories: list[SQLiteSagaRepository] = []
 
     def open(self) -> SagaRepository:
-        repository = SQLiteSagaRepository(self.path, synchronous="NORMAL")
+        repository = CheckedSQLiteRepository(self.path, synchronous="NORMAL")
         self.repositories.append(repository)
         return repository
 
