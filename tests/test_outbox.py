@@ -1,16 +1,16 @@
 """The transactional outbox: events stored with their transitions, published by OutboxRelay.
 
-``TestOutboxContract`` holds what every repository with an outbox must do; it runs on the
-``outbox_repository`` fixture, once per ``backend`` below (SQLite; PostgreSQL joins by adding
-its name to the ``backend`` params and a branch to ``outbox_repository``). The tests after
-it are SQLite's own: the ``outbox=False`` flag, rollback of the row when its events cannot be
-written, the upgrade of an older file, and a SIGKILLed process.
+What every repository with an outbox must do is the public kit's ``OutboxContract``
+(``saga_orchestrator.testing.contract``), run on SQLite and PostgreSQL by
+``tests/test_contract_kit.py``. Here: the relay woken without polling, on the
+``outbox_repository`` fixture (SQLite and PostgreSQL), then SQLite's own cases: the
+``outbox=False`` flag, rollback of the row when its events cannot be written, the upgrade of
+an older file, a SIGKILLed process; and PostgreSQL's relay ordering and exclusivity.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import signal
 import sqlite3
 import subprocess
@@ -18,8 +18,8 @@ import sys
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import closing
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,9 +30,6 @@ import anyio.lowlevel
 import pytest
 
 from saga_orchestrator import (
-    RetryPolicy,
-    SagaAlreadyExistsError,
-    SagaConflictError,
     SagaContext,
     SagaEvent,
     SagaEventType,
@@ -225,246 +222,26 @@ async def unsent(source: OutboxSource) -> list[SagaEvent]:
 
 
 # ---------------------------------------------------------------------------- the contract
+# What every repository with an outbox must do is the public kit's `OutboxContract`
+# (saga_orchestrator.testing.contract), run on SQLite and PostgreSQL by
+# tests/test_contract_kit.py. What follows is the relay's own behaviour over such a store.
 
 
-class TestOutboxContract:
-    """What a repository with an outbox and the relay over it guarantee together."""
-
-    async def test_relay_publishes_every_event_of_real_sagas(
-        self, outbox_repository: OutboxRepository
-    ) -> None:
-        """Every event the sagas emitted is published once, equal (event_id included) and in
-        each saga's order, one publish call per batch in outbox order; then all are sent."""
-        assert outbox_repository.stores_events is True
-        emitted = await run_sagas(outbox_repository)
-        spy = SpySource(outbox_repository)
-        publisher = RecordingPublisher()
-        relay = OutboxRelay(spy, publisher, batch_size=7)
-
-        assert await drain(relay) == len(emitted)
-
-        published = publisher.accepted
-        assert len(published) == len(emitted)
-        assert by_saga(published) == by_saga(emitted)
-        assert_in_saga_order(published)
-        for saga_id, own in by_saga(published).items():
-            stored = await outbox_repository.get(saga_id)
-            assert stored is not None
-            assert stored.event_sequence == own[-1].sequence
-        read = [batch for batch in spy.batches if batch]
-        assert publisher.calls == [[e for _, e in batch] for batch in read]
-        ids = [outbox_id for batch in read for outbox_id, _ in batch]
-        assert ids == sorted(set(ids))
-        assert spy.marked == [[outbox_id for outbox_id, _ in batch] for batch in read]
-        assert relay.published == len(emitted)
-        assert relay.last_error is None
-
-        assert await relay.run_once() == 0  # everything is marked sent
-        assert len(publisher.calls) == len(read)
-        assert await unsent(outbox_repository) == []
-
-    async def test_failing_publisher_loses_nothing_and_skips_nothing(
-        self, outbox_repository: OutboxRepository, caplog: pytest.LogCaptureFixture
-    ) -> None:
-        """A publisher failing 3 times, then once more later: run() retries the same batch
-        after a growing backoff, keeps each saga's order, and repeats only failed batches."""
-        emitted = await run_sagas(outbox_repository)
-        spy = SpySource(outbox_repository)
-        publisher = RecordingPublisher(fail_calls={1, 2, 3, 6})
-        clock = ManualClock()
-        backoff = RetryPolicy(initial_backoff_seconds=0.05, max_backoff_seconds=5, jitter_ratio=0)
-        relay = OutboxRelay(
-            spy, publisher, batch_size=5, poll_interval_seconds=0, retry=backoff, clock=clock
-        )
-        assert len(emitted) > 3 * relay.batch_size  # the late failure hits a third batch
-
-        with caplog.at_level(logging.WARNING, logger="saga_orchestrator"):
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(relay.run)
-                with anyio.fail_after(10):
-                    await publisher.wait_for(len(emitted))
-                    await spy.empty.wait()  # read after the last mark: all are sent
-                tg.cancel_scope.cancel()
-
-        # The same events, again and again, until they went through.
-        assert publisher.calls[0] == publisher.calls[1] == publisher.calls[2] == publisher.calls[3]
-        assert publisher.calls[5] == publisher.calls[6]
-        assert clock.sleeps == [0.05, 0.1, 0.2, 0.05]  # grows while failing, resets after
-        # Each event accepted exactly once, in each saga's order; nothing lost.
-        assert sorted(e.event_id for e in publisher.accepted) == sorted(e.event_id for e in emitted)
-        assert_in_saga_order(publisher.accepted)
-        assert by_saga(publisher.accepted) == by_saga(emitted)
-        # At least once: the extra deliveries are exactly the failed calls' events.
-        extra = Counter(e.event_id for e in publisher.delivered)
-        extra.subtract(Counter(e.event_id for e in publisher.accepted))
-        failed = Counter(e.event_id for i in publisher.failed for e in publisher.calls[i])
-        assert +extra == failed
-        # First deliveries already respect each saga's order.
-        first: dict[UUID, SagaEvent] = {}
-        for e in publisher.delivered:
-            first.setdefault(e.event_id, e)
-        assert_in_saga_order(list(first.values()))
-
-        warnings = [r for r in caplog.records if r.getMessage().startswith("saga.outbox.")]
-        assert [r.getMessage().split(":")[0] for r in warnings] == [
-            "saga.outbox.publish_failed"
-        ] * 4
-        assert all(r.levelno == logging.WARNING and r.exc_info for r in warnings)
-        assert relay.last_error is None
-        assert relay.published == len(emitted)
-        assert await unsent(outbox_repository) == []
-
-    async def test_run_once_propagates_a_publish_error_and_marks_nothing(
-        self, outbox_repository: OutboxRepository
-    ) -> None:
-        """run_once re-raises the publisher's error; the batch stays unsent, first in line."""
-        emitted = await run_sagas(outbox_repository, count=1)
-        relay = OutboxRelay(outbox_repository, RecordingPublisher(fail_calls={1}), batch_size=3)
-        with pytest.raises(ConnectionError, match="broker went away"):
-            await relay.run_once()
-        assert relay.last_error == "ConnectionError: broker went away (call 1)"
-        assert relay.published == 0
-        assert await unsent(outbox_repository) == emitted
-
-        assert await relay.run_once() == 3
-        assert relay.last_error is None
-        assert await unsent(outbox_repository) == emitted[3:]
-
-    async def test_cancelled_mid_publish_publishes_the_batch_again(
-        self, outbox_repository: OutboxRepository
-    ) -> None:
-        """A relay cancelled while publishing marked nothing: the next one sends the batch."""
-        emitted = await run_sagas(outbox_repository, count=1)
-        entered = anyio.Event()
-
-        class Stuck:
-            async def publish(self, events: Sequence[SagaEvent]) -> None:
-                entered.set()
-                await anyio.sleep_forever()
-
-        relay = OutboxRelay(outbox_repository, Stuck(), batch_size=4)
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(relay.run)
-            with anyio.fail_after(10):
-                await entered.wait()
-            tg.cancel_scope.cancel()
-
-        publisher = RecordingPublisher()
-        assert await drain(OutboxRelay(outbox_repository, publisher, batch_size=4)) == len(emitted)
-        assert publisher.accepted == emitted
-
-    async def test_wake_makes_a_waiting_relay_fetch_now(
-        self, outbox_repository: OutboxRepository
-    ) -> None:
-        """With an hour's poll interval, wake() alone gets new events published."""
-        spy = SpySource(outbox_repository)
-        publisher = RecordingPublisher()
-        relay = OutboxRelay(spy, publisher, poll_interval_seconds=3600)
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(relay.run)
-            with anyio.fail_after(10):
-                await spy.empty.wait()  # nothing to send yet: the relay waits
-                emitted = await run_sagas(outbox_repository, count=1)
-                assert publisher.calls == []
-                relay.wake()
-                await publisher.wait_for(len(emitted))
-            tg.cancel_scope.cancel()
-        assert publisher.accepted == emitted
-
-    async def test_relay_as_a_listener_publishes_right_after_each_transition(
-        self, outbox_repository: OutboxRepository
-    ) -> None:
-        """Among the orchestrator's listeners, the relay is woken by every transition."""
-        spy = SpySource(outbox_repository)
-        publisher = RecordingPublisher()
-        relay = OutboxRelay(spy, publisher, poll_interval_seconds=3600)
-        orchestrator = SagaOrchestrator(outbox_repository, listeners=[relay])
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(relay.run)
-            with anyio.fail_after(10):
-                await spy.empty.wait()
-                result = await orchestrator.execute(TripSaga(TripData()))
-                stored = await outbox_repository.get(result.saga_id)
-                assert stored is not None
-                await publisher.wait_for(stored.event_sequence)
-            tg.cancel_scope.cancel()
-        assert_in_saga_order(publisher.accepted)
-        assert publisher.accepted[-1].type is SagaEventType.SAGA_COMPLETED
-
-    async def test_a_failed_compare_and_set_writes_no_events(
-        self, outbox_repository: OutboxRepository
-    ) -> None:
-        """update with a stale expected_version, and create of a stored saga, store no
-        events; of two racing updates, only the winner's events are stored."""
-        repo = outbox_repository
-        context = new_context()
-        created = [event(context, 1)]
-        await repo.create(context, encode_context(context), created)
-
-        context.version = 2
-        with pytest.raises(SagaConflictError):
-            await repo.update(
-                context, encode_context(context), expected_version=7, events=[event(context, 2)]
-            )
-        again = replace(context, version=1)
-        with pytest.raises(SagaAlreadyExistsError):
-            await repo.create(again, encode_context(again), [event(context, 2)])
-        assert await unsent(repo) == created
-
-        racers = [[event(context, 2), event(context, 3)] for _ in range(2)]
-        outcomes: list[str] = []
-
-        async def update(events: list[SagaEvent]) -> None:
-            try:
-                await repo.update(
-                    context, encode_context(context), expected_version=1, events=events
-                )
-                outcomes.append("won")
-            except SagaConflictError:
-                outcomes.append("lost")
-
-        async with anyio.create_task_group() as tg:
-            for events in racers:
-                tg.start_soon(update, events)
-        assert sorted(outcomes) == ["lost", "won"]
-        stored = await unsent(repo)
-        assert stored in ([*created, *racers[0]], [*created, *racers[1]])
-
-    async def test_events_that_cannot_be_stored_fail_the_transition(
-        self, outbox_repository: OutboxRepository
-    ) -> None:
-        """An event that does not encode (a NaN duration) fails the write: no saga, no event."""
-        context = new_context()
-        with pytest.raises(ValueError):
-            await outbox_repository.create(
-                context,
-                encode_context(context),
-                [event(context, 1), event(context, 2, duration_seconds=float("nan"))],
-            )
-        assert await outbox_repository.get(context.saga_id) is None
-        assert await unsent(outbox_repository) == []
-
-    async def test_purge_deletes_only_events_sent_before_the_cutoff(
-        self, outbox_repository: OutboxRepository
-    ) -> None:
-        """purge_sent_before deletes sent events older than the cutoff, never unsent ones."""
-        repo = outbox_repository
-        context = new_context()
-        events = [event(context, sequence) for sequence in (1, 2, 3)]
-        await repo.create(context, encode_context(context), events)
-        before_marking = datetime.now(UTC) - timedelta(seconds=1)
-        ids = [outbox_id for outbox_id, _ in await repo.fetch_unsent(10)]
-        await repo.mark_sent(ids[:2])
-
-        assert await repo.purge_sent_before(before_marking) == 0
-        later = datetime.now(UTC) + timedelta(hours=1)
-        assert await repo.purge_sent_before(later) == 2
-        assert await repo.purge_sent_before(later) == 0
-        assert await unsent(repo) == events[2:]  # unsent: kept, however old
-
-        await repo.mark_sent(ids[2:])
-        assert await repo.purge_sent_before(later) == 1
-        assert await unsent(repo) == []
+async def test_wake_makes_a_waiting_relay_fetch_now(outbox_repository: OutboxRepository) -> None:
+    """With an hour's poll interval, wake() alone gets new events published."""
+    spy = SpySource(outbox_repository)
+    publisher = RecordingPublisher()
+    relay = OutboxRelay(spy, publisher, poll_interval_seconds=3600)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(relay.run)
+        with anyio.fail_after(10):
+            await spy.empty.wait()  # nothing to send yet: the relay waits
+            emitted = await run_sagas(outbox_repository, count=1)
+            assert publisher.calls == []
+            relay.wake()
+            await publisher.wait_for(len(emitted))
+        tg.cancel_scope.cancel()
+    assert publisher.accepted == emitted
 
 
 # ---------------------------------------------------------------------------- SQLite
