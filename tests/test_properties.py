@@ -58,7 +58,8 @@ from saga_orchestrator import (
     current_step,
 )
 from saga_orchestrator.runtime import Phase, StepRun
-from saga_orchestrator.serialization._documents import _encode_document, _step_text
+from saga_orchestrator.serialization._documents import _document_dict
+from saga_orchestrator.serialization._values import _ENCODER
 from saga_orchestrator.state import SagaContext
 from saga_orchestrator.testing import ManualClock
 
@@ -323,7 +324,7 @@ class CheckedMemoryRepository(InMemorySagaRepository):
 
 
 def _assert_fresh(context: Any, state: str) -> None:
-    full = _encode_document(context, [_step_text(step) for step in context.steps])
+    full = _ENCODER.encode(_document_dict(context))  # the reference encoding, no shortcuts
     assert state == full, "a stale step record was written"
 
 

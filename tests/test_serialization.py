@@ -29,6 +29,8 @@ from saga_orchestrator.serialization import (
     encode_value,
     loads,
 )
+from saga_orchestrator.serialization._documents import _document_dict, _encode_step, _step_text
+from saga_orchestrator.serialization._values import _ENCODER
 from saga_orchestrator.state import ErrorKind, ErrorRecord
 
 
@@ -656,3 +658,67 @@ def test_step_records_omit_defaults_and_read_them_back() -> None:
         "compensated_at": None,
     }  # as 0.1.0 wrote it
     assert decode_context(json.dumps(document)).steps == context.steps
+
+
+_NAIVE_BOUNDS = (datetime(2000, 1, 1), datetime(2100, 1, 1))  # noqa: DTZ001 (hypothesis wants naive)
+_times = st.none() | st.datetimes(*_NAIVE_BOUNDS, timezones=st.just(UTC))
+_texts = st.text(max_size=12)  # any code point: quotes, backslashes, lone surrogates, ...
+
+
+@st.composite
+def _step_states(draw: st.DrawFn) -> StepState:
+    return StepState(
+        name=draw(_texts),
+        status=draw(st.sampled_from(StepStatus)),
+        attempts=draw(st.integers(0, 10**6)),
+        error=draw(st.none() | _texts),
+        effect_possible=draw(st.booleans()),
+        started_at=draw(_times),
+        completed_at=draw(_times),
+        next_attempt_at=draw(_times),
+        compensation_attempts=draw(st.integers(0, 9)),
+        compensation_error=draw(st.none() | _texts),
+        compensation_started_at=draw(_times),
+        compensated_at=draw(_times),
+    )
+
+
+@st.composite
+def _contexts(draw: st.DrawFn) -> SagaContext[Any]:
+    steps = draw(st.lists(_step_states(), max_size=4))
+    return SagaContext(
+        saga_id=draw(st.uuids()),
+        saga_type=draw(_texts),
+        data=draw(st.none() | st.dictionaries(_texts, st.integers() | _texts, max_size=3)),
+        steps=steps,
+        correlation_id=draw(st.none() | _texts),
+        status=draw(st.sampled_from(SagaStatus)),
+        current_step_index=draw(st.integers(0, max(len(steps) - 1, 0))),
+        error=draw(st.none() | _texts),
+        created_at=draw(_times),
+        updated_at=draw(_times),
+        deadline=draw(_times),
+        version=draw(st.integers(0, 10**9)),
+        event_sequence=draw(st.integers(0, 10**9)),
+        error_history=draw(
+            st.lists(
+                st.builds(
+                    ErrorRecord, st.sampled_from(ErrorKind), _texts, _times, st.none() | _texts
+                ),
+                max_size=2,
+            )
+        ),
+        saga_version=draw(st.integers(1, 5)),
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(_contexts())
+def test_the_directly_written_document_is_the_json_encoders(context: SagaContext[Any]) -> None:
+    """The document and its step records are written by hand at every transition, for speed;
+    they are exactly what the JSON encoder makes of the same fields, and read back."""
+    for step in context.steps:
+        assert _step_text(step) == _ENCODER.encode(_encode_step(step))
+    text = encode_context(context)
+    assert text == _ENCODER.encode(_document_dict(context))
+    assert encode_context(decode_context(text)) == text  # read back, the same document

@@ -29,6 +29,7 @@ from .serialization import dumps, encode_value, loads
 from .state import SagaContext, StepState
 
 logger = logging.getLogger("saga_orchestrator")
+_NO_GUARD = nullcontext()  # stateless: one for every call without a lease
 
 
 @dataclass(slots=True)
@@ -114,15 +115,13 @@ class _Calls(_Recording):
         if phase is Phase.ACTION and context.deadline is not None and not step.retriable:
             remaining = (context.deadline - self.clock.now()).total_seconds()
             timeout = remaining if timeout is None else min(timeout, remaining)
-        call: Callable[[], Awaitable[Any]] = lambda: fn(context.data)  # noqa: E731
+        data = context.data
+        call: Callable[[], Awaitable[Any]] = lambda: fn(data)  # noqa: E731
         for interceptor in reversed(self.interceptors):
             call = _wrap(interceptor, run, call)
-        policy = (step.retry or self.default_retry) if phase is Phase.ACTION else None
         token = _current.set(run)
         # A repository with leases cancels a step before its lease can expire.
-        guard = (
-            self._leases.lease_guard(context.saga_id) if self._leases is not None else nullcontext()
-        )
+        guard = self._leases.lease_guard(context.saga_id) if self._leases is not None else _NO_GUARD
         started = time.perf_counter()
         try:
             with guard:  # raises SagaLeaseError if the lease runs out first
@@ -135,6 +134,7 @@ class _Calls(_Recording):
             raise
         except Exception as exc:
             seconds = time.perf_counter() - started
+            policy = (step.retry or self.default_retry) if phase is Phase.ACTION else None
             retryable = policy.should_retry(exc) if policy is not None else True
             timed_out = isinstance(exc, TimeoutError) and timeout is not None
             text = f"TimeoutError: no result within {timeout:g}s" if timed_out else _describe(exc)

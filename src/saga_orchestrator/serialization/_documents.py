@@ -7,6 +7,7 @@ Documented, and imported, through [`saga_orchestrator.serialization`][].
 from __future__ import annotations
 
 from datetime import datetime
+from json.encoder import encode_basestring_ascii
 from typing import Any
 from uuid import UUID
 
@@ -24,10 +25,36 @@ from ._values import (
 )
 
 FORMAT_VERSION = 1
+_HEAD = f'{{"format":{FORMAT_VERSION},"saga_id":"'
 
 
 def _dt(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
+
+
+_quote = encode_basestring_ascii  # a JSON string literal, as _ENCODER writes it (ASCII)
+_TIME_TEXTS: dict[int, tuple[datetime, str]] = {}
+
+
+def _time_json(value: datetime | None) -> str:
+    """``value`` as a JSON literal: its ISO 8601 text quoted (it holds nothing to escape),
+    or null. A saga writes the same instants again and again (``created_at``, ``deadline``,
+    one ``now`` in several fields): their text is kept, by object identity (the entry holds
+    the object, so its id is not reused while it is there)."""
+    if value is None:
+        return "null"
+    entry = _TIME_TEXTS.get(id(value))
+    if entry is not None and entry[0] is value:
+        return entry[1]
+    if len(_TIME_TEXTS) >= 4096:
+        _TIME_TEXTS.clear()
+    text = f'"{value.isoformat()}"'
+    _TIME_TEXTS[id(value)] = (value, text)
+    return text
+
+
+def _nullable(value: str | None) -> str:
+    return "null" if value is None else _quote(value)
 
 
 def _encode_step(step: StepState) -> dict[str, Any]:
@@ -92,10 +119,87 @@ def encode_transition(context: SagaContext[Any]) -> str:
 
 
 def _step_text(step: StepState) -> str:
-    return _ENCODER.encode(_encode_step(step))
+    """``_ENCODER.encode(_encode_step(step))``, the same text, written directly: this runs at
+    every transition (tests/test_serialization.py checks that the two agree)."""
+    parts = ['{"name":', _quote(step.name)]
+    if step.status is not StepStatus.PENDING:
+        parts += [',"status":"', step.status.value, '"']
+    if step.attempts:
+        parts += [',"attempts":', str(step.attempts)]
+    if step.error is not None:
+        parts += [',"error":', _quote(step.error)]
+    if step.effect_possible:
+        parts.append(',"effect_possible":true')
+    if step.started_at is not None:
+        parts += [',"started_at":', _time_json(step.started_at)]
+    if step.completed_at is not None:
+        parts += [',"completed_at":', _time_json(step.completed_at)]
+    if step.next_attempt_at is not None:
+        parts += [',"next_attempt_at":', _time_json(step.next_attempt_at)]
+    if step.compensation_attempts:
+        parts += [',"compensation_attempts":', str(step.compensation_attempts)]
+    if step.compensation_error is not None:
+        parts += [',"compensation_error":', _quote(step.compensation_error)]
+    if step.compensation_started_at is not None:
+        parts += [',"compensation_started_at":', _time_json(step.compensation_started_at)]
+    if step.compensated_at is not None:
+        parts += [',"compensated_at":', _time_json(step.compensated_at)]
+    parts.append("}")
+    return "".join(parts)
 
 
 def _encode_document(context: SagaContext[Any], step_texts: list[str]) -> str:
+    """The document, written directly (it is written at every transition): the same text as
+    ``_ENCODER.encode`` of the dict ``_document_dict`` builds, with the steps after it
+    (tests/test_serialization.py checks that the two agree)."""
+    data = _encode_top(context.data, "data", _RECORD_DEPTH)
+    try:
+        data_text = _ENCODER.encode(data)
+    except ValueError:  # only to say where: the same call raises the error
+        data_text = _json(data, f"saga {context.saga_id}")
+    parts = [
+        _HEAD,
+        context.saga_id_text,
+        '","saga_type":',
+        _quote(context.saga_type),
+        ',"correlation_id":',
+        _nullable(context.correlation_id),
+        ',"status":"',
+        context.status.value,
+        '","current_step_index":',
+        str(context.current_step_index),
+        ',"error":',
+        _nullable(context.error),
+        ',"created_at":',
+        _time_json(context.created_at),
+        ',"updated_at":',
+        _time_json(context.updated_at),
+        ',"deadline":',
+        _time_json(context.deadline),
+        ',"version":',
+        str(context.version),
+        ',"event_sequence":',
+        str(context.event_sequence),
+        ',"data":',
+        data_text,
+    ]
+    if context.saga_version != 1:  # absent for version 1 (and in older rows)
+        parts += [',"saga_version":', str(context.saga_version)]
+    if context.error_history:  # absent in the sagas that never failed (and in older rows)
+        parts += [',"error_history":', _ENCODER.encode(_error_history(context))]
+    parts += [',"steps":[', ",".join(step_texts), "]}"]
+    return "".join(parts)
+
+
+def _error_history(context: SagaContext[Any]) -> list[dict[str, Any]]:
+    return [
+        {"kind": r.kind.value, "message": r.message, "at": _dt(r.at), "step": r.step}
+        for r in context.error_history
+    ]
+
+
+def _document_dict(context: SagaContext[Any]) -> dict[str, Any]:
+    """The document as a dict, steps included: what ``_encode_document`` writes directly."""
     document: dict[str, Any] = {
         "format": FORMAT_VERSION,
         "saga_id": context.saga_id_text,
@@ -111,18 +215,12 @@ def _encode_document(context: SagaContext[Any], step_texts: list[str]) -> str:
         "event_sequence": context.event_sequence,
         "data": _encode_top(context.data, "data", _RECORD_DEPTH),
     }
-    if context.saga_version != 1:  # absent for version 1 (and in older rows)
+    if context.saga_version != 1:
         document["saga_version"] = context.saga_version
-    if context.error_history:  # absent in the sagas that never failed (and in older rows)
-        document["error_history"] = [
-            {"kind": r.kind.value, "message": r.message, "at": _dt(r.at), "step": r.step}
-            for r in context.error_history
-        ]
-    try:
-        head = _ENCODER.encode(document)
-    except ValueError:  # only to say where: the same call raises the error
-        head = _json(document, f"saga {context.saga_id}")
-    return f'{head[:-1]},"steps":[{",".join(step_texts)}]}}'
+    if context.error_history:
+        document["error_history"] = _error_history(context)
+    document["steps"] = [_encode_step(step) for step in context.steps]
+    return document
 
 
 _MALFORMED = "stored saga state is malformed"

@@ -271,6 +271,23 @@ _ENCODERS: dict[type, Callable[[Any, int], Any]] = {
 }
 
 
+def _dataclass_encoder(path: str, names: tuple[str, ...]) -> Callable[[Any, int], Any]:
+    def encode(value: Any, room: int) -> Any:
+        if room < 1:
+            raise _too_deep()
+        room -= 1
+        fields: dict[str, Any] = {}
+        for name in names:
+            try:
+                fields[name] = _encode(getattr(value, name), room)
+            except _Refused as exc:
+                exc.path.append(f".{name}")
+                raise
+        return {"$dataclass": path, "fields": fields}
+
+    return encode
+
+
 def _encode_other(value: Any, room: int) -> Any:
     cls = type(value)
     if isinstance(value, Enum):
@@ -278,17 +295,10 @@ def _encode_other(value: Any, room: int) -> Any:
             raise _too_deep()
         return {"$enum": _type_path(cls), "v": _encode(value.value, room - 1)}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        if room < 1:
-            raise _too_deep()
-        room -= 1
-        fields: dict[str, Any] = {}
-        for name in _field_names(cls):
-            try:
-                fields[name] = _encode(getattr(value, name), room)
-            except _Refused as exc:
-                exc.path.append(f".{name}")
-                raise
-        return {"$dataclass": _type_path(cls), "fields": fields}
+        # The class's encoder, built once: its type path (refused for a local class, which
+        # is then never cached) and field names, then dispatched on like the builtins.
+        encoder = _ENCODERS[cls] = _dataclass_encoder(_type_path(cls), _field_names(cls))
+        return encoder(value, room)
     raise _Refused(
         f"{cls.__name__} values cannot be stored exactly "
         "(supported: None, bool, int, float, str, Decimal, UUID, aware datetime, date, "
