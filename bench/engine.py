@@ -73,9 +73,17 @@ DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 SAGA_DB = "saga_bench_engine"  # databases created (and dropped) by the run
 DBOS_DB = "dbos_bench_engine"
 
-ADAPTERS = ("memory", "sqlite-full", "sqlite-normal", "postgres", "postgres-nooutbox", "dbos")
+ADAPTERS = (
+    "memory",
+    "sqlite-full",
+    "sqlite-normal",
+    "postgres",
+    "postgres-nooutbox",
+    "postgres-x2",
+    "dbos",
+)
 DEFAULT_ADAPTERS = ("memory", "sqlite-full", "postgres", "dbos")
-PG_ADAPTERS = ("postgres", "postgres-nooutbox", "dbos")
+PG_ADAPTERS = ("postgres", "postgres-nooutbox", "postgres-x2", "dbos")
 DEFAULT_LEVELS = (1, 16, 64, 256)
 QUICK_LEVELS = (1, 16)
 
@@ -179,22 +187,40 @@ class Scenario:
 
     # running
 
+    @property
+    def local_concurrency(self) -> int:
+        """Sagas in flight in this process (``postgres-x2`` leaves the rest to its peer)."""
+        return self.concurrency
+
+    async def start_peers(self, count: int) -> int:
+        """Hand part of ``count`` to other processes; return how many this one runs."""
+        return count
+
+    async def join_peers(self) -> None:
+        """Wait until the other processes have run their part."""
+
+    def calls(self) -> int:
+        """Service calls made so far (in every process of the scenario)."""
+        return self.services.calls
+
     async def run(self, count: int) -> Measurement:
-        """Run ``count`` sagas; the wall time, each saga's latency and the writes made."""
+        """Run ``count`` sagas; the wall time, each saga's latency (in this process) and the
+        writes made."""
         one = self.one()
         latencies: list[float] = []
         clock = time.perf_counter
         writes_before = self.writes()
-        calls_before = self.services.calls
+        calls_before = self.calls()
         gc.collect()
         started = clock()
-        if self.concurrency == 1:
-            for _ in range(count):
+        local = await self.start_peers(count)
+        if self.local_concurrency == 1:
+            for _ in range(local):
                 t0 = clock()
                 await one()
                 latencies.append(clock() - t0)
         else:
-            limiter = anyio.CapacityLimiter(self.concurrency)
+            limiter = anyio.CapacityLimiter(self.local_concurrency)
 
             async def task() -> None:
                 async with limiter:
@@ -203,11 +229,12 @@ class Scenario:
                     latencies.append(clock() - t0)
 
             async with anyio.create_task_group() as tg:
-                for _ in range(count):
+                for _ in range(local):
                     tg.start_soon(task)
+        await self.join_peers()
         wall = clock() - started
         self.run_total += count
-        calls = self.services.calls - calls_before
+        calls = self.calls() - calls_before
         if calls != count * CALLS[self.path]:  # the baseline and the saga make the same calls
             raise RuntimeError(f"{self.key}: {calls} service calls for {count} sagas")
         writes_after = self.writes()
@@ -356,6 +383,89 @@ class PostgresScenario(EngineScenario):
             self.problems.append(f"stored {statuses} ({leased} still leased), expected {want}")
 
 
+class PostgresTwoProcessScenario(PostgresScenario):
+    """``postgres`` (defaults, outbox on) run by two processes on one schema: this one and a
+    peer (``bench/_pg_peer.py``, started for each repeat), each with half the sagas and half
+    the number in flight. Latencies are this process's sagas only."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(True, *args)
+        self.adapter = "postgres-x2"
+        self.peer: subprocess.Popen[str] | None = None
+        self.peer_calls = 0
+        self.peer_writes = 0
+        self.peer_counts = (0, 0, 0)  # pgstats.COUNTER's, in the peer
+
+    @property
+    def local_concurrency(self) -> int:
+        return self.concurrency - self.concurrency // 2
+
+    async def open(self) -> None:
+        await super().open()
+        # Started once per repeat, before the measured window's sagas: blocking is fine here.
+        self.peer = subprocess.Popen(  # noqa: ASYNC220
+            [
+                sys.executable,
+                str(BENCH_DIR / "_pg_peer.py"),
+                self.url,
+                self.slug,
+                self.path,
+                str(self.concurrency // 2),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.peer_calls = self.peer_writes = 0
+        self.peer_counts = (0, 0, 0)
+        await self._peer_line("ready")
+
+    async def _peer_line(self, want: str) -> str:
+        assert self.peer is not None
+        assert self.peer.stdout is not None
+        line = await anyio.to_thread.run_sync(self.peer.stdout.readline)
+        if not line.startswith(want):
+            raise RuntimeError(f"{self.key}: the peer process said {line.strip()!r}")
+        return line
+
+    async def start_peers(self, count: int) -> int:
+        assert self.peer is not None
+        assert self.peer.stdin is not None
+        self.peer.stdin.write(f"{count // 2}\n")
+        self.peer.stdin.flush()
+        return count - count // 2
+
+    async def join_peers(self) -> None:
+        from pgstats import COUNTER
+
+        _, calls, writes, *counts = (await self._peer_line("done")).split()
+        self.peer_calls, self.peer_writes = int(calls), int(writes)
+        # The peer's statements count in this run's database cost as this process's do.
+        now = tuple(int(n) for n in counts)
+        COUNTER.statements += now[0] - self.peer_counts[0]
+        COUNTER.txn_control += now[1] - self.peer_counts[1]
+        COUNTER.autocommit_prepares += now[2] - self.peer_counts[2]
+        self.peer_counts = (now[0], now[1], now[2])
+
+    def calls(self) -> int:
+        return self.services.calls + self.peer_calls
+
+    def writes(self) -> int | None:
+        local = super().writes()
+        return None if local is None else local + self.peer_writes
+
+    async def close(self) -> None:
+        if self.peer is not None:
+            peer, self.peer = self.peer, None
+            assert peer.stdin is not None
+            peer.stdin.write("quit\n")
+            peer.stdin.flush()
+            code = await anyio.to_thread.run_sync(peer.wait)
+            if code != 0:
+                self.problems.append(f"the peer process exited with status {code}")
+        await super().close()
+
+
 class DBOSScenario(Scenario):
     """The DBOS Transact workflow; DBOS launched for each repeat and destroyed after it."""
 
@@ -433,6 +543,9 @@ def build_matrix(
                     scenarios.append(SQLiteScenario(sync, *args))
                 elif adapter in ("postgres", "postgres-nooutbox"):
                     scenarios.append(PostgresScenario(adapter == "postgres", *args))
+                elif adapter == "postgres-x2":
+                    if level >= 2:  # two processes: at least one saga in flight in each
+                        scenarios.append(PostgresTwoProcessScenario(*args))
                 elif adapter == "dbos":
                     scenarios.append(DBOSScenario(*args))
                 else:
@@ -867,6 +980,49 @@ def targets(rows: list[dict[str, Any]], levels: tuple[int, ...]) -> list[dict[st
             "met": None if flushes is None else flushes < 1.0,
         }
     )
+    # Issue 13 (engine core): throughput with 64 in flight, one process and two, against
+    # DBOS's best configuration in this run; WAL per 4-step saga.
+    dbos_best = max(
+        (r for r in rows if r["adapter"] == "dbos" and r["path"] == "happy"),
+        key=lambda r: r["sagas_per_s"],
+        default=None,
+    )
+    for adapter, label in (
+        ("postgres", "one process, 64 in flight"),
+        ("postgres-x2", "two processes, 32 in flight each"),
+    ):
+        row = by.get(_key(adapter, 64, "happy"))
+        rate = None if row is None else float(row["sagas_per_s"])
+        out.append(
+            {
+                "target": f">= 1,000 sagas/s, {label} (happy path)",
+                "measured": None if rate is None else f"{rate:,.0f} sagas/s",
+                "met": None if rate is None else rate >= 1000,
+            }
+        )
+        versus = None if rate is None or dbos_best is None else rate / dbos_best["sagas_per_s"]
+        best = (
+            ""
+            if dbos_best is None
+            else f" ({dbos_best['scenario']}: {dbos_best['sagas_per_s']:,.1f})"
+        )
+        out.append(
+            {
+                "target": f">= 15x DBOS's best configuration in this run{best}, {label}",
+                "measured": None if versus is None else f"{versus:.1f}x",
+                "met": None if versus is None else versus >= 15,
+            }
+        )
+    for level in (1, 64):
+        wal = db(_key("postgres", level, "happy"), "wal_bytes_per_saga")
+        mode = "sequential" if level == 1 else f"{level} in flight"
+        out.append(
+            {
+                "target": f"<= 6,500 WAL bytes per saga (half of 0.1.0's ~13 KB), {mode}, happy",
+                "measured": None if wal is None else f"{wal:,.0f} bytes",
+                "met": None if wal is None else wal <= 6500,
+            }
+        )
     found = {
         level: ratio(_key("sqlite-full", level, "happy"), _key("postgres", level, "happy"))
         for level in levels
@@ -996,7 +1152,7 @@ def render_report(
             "than on a quiet one.",
         ]
     found = targets(rows, levels)
-    parts += ["", "## Targets (issue 7)", "", targets_text(found)]
+    parts += ["", "## Targets (issues 7 and 13)", "", targets_text(found)]
     problems = [f"- {r['scenario']}: {p}" for r in rows for p in r.get("problems", [])]
     if problems:
         parts += ["", "## Problems", "", *problems]

@@ -64,3 +64,20 @@ def test_engine_postgres_and_dbos(tmp_path: Path, postgres_url: str) -> None:
     assert db["repo_transactions_per_saga"] == 5.0  # sequentially, one per write
     if adapters == "postgres,dbos":
         assert rows["dbos/seq/fail@3"]["db"]["commits_per_saga"] > 5
+
+
+def test_engine_postgres_in_two_processes(tmp_path: Path, postgres_url: str) -> None:
+    """``postgres-x2``: a peer process runs half the sagas on the same schema; the totals
+    (service calls, stored sagas, write transactions) are the two processes' together."""
+    suffix = f"_{os.getpid()}_x2"
+    document = run(
+        tmp_path, *TINY, "--adapters", "postgres-x2", "--concurrency", "1,4",
+        "--pg-url", admin_url(postgres_url),
+        "--saga-db", f"test_bench_saga{suffix}", "--dbos-db", f"test_bench_dbos{suffix}",
+    )  # fmt: skip
+    rows = {row["scenario"]: row for row in document["results"]}
+    assert set(rows) >= {"postgres-x2/4/happy", "postgres-x2/4/fail@3"}
+    assert "postgres-x2/seq/happy" not in rows  # two processes need two in flight
+    db = rows["postgres-x2/4/happy"]["db"]
+    assert db["statements_per_saga"] == 5.0  # both processes' statements, per saga
+    assert 0 < db["repo_transactions_per_saga"] <= 5.0

@@ -10,7 +10,9 @@ an older file, a SIGKILLed process; and PostgreSQL's relay ordering and exclusiv
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import signal
 import sqlite3
 import subprocess
@@ -19,7 +21,7 @@ from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import closing
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol
@@ -28,6 +30,8 @@ from uuid import UUID, uuid4
 import anyio
 import anyio.lowlevel
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from saga_orchestrator import (
     SagaContext,
@@ -37,7 +41,7 @@ from saga_orchestrator import (
     SagaStatus,
     SQLiteSagaRepository,
 )
-from saga_orchestrator.events import decode_event, encode_event
+from saga_orchestrator.events import _event_dict, decode_event, encode_event
 from saga_orchestrator.outbox import OutboxRelay
 from saga_orchestrator.protocols import OutboxSource, SagaRepository
 from saga_orchestrator.serialization import encode_context
@@ -504,3 +508,48 @@ async def test_postgres_only_one_relay_reads_at_a_time(
             assert len(await second.fetch_unsent(1000)) == len(emitted)
         finally:
             await second.close()
+
+
+_texts = st.text(max_size=10)  # any code point: quotes, backslashes, lone surrogates, ...
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.builds(
+        SagaEvent,
+        type=st.sampled_from(SagaEventType),
+        saga_id=st.uuids(),
+        saga_type=_texts,
+        sequence=st.integers(1, 2**40),
+        occurred_at=st.datetimes(timezones=st.sampled_from([UTC, timezone(timedelta(hours=5))])),
+        step=st.none() | _texts,
+        attempt=st.none() | st.integers(0, 10**6),
+        error=st.none() | _texts,
+        will_retry=st.booleans(),
+        duration_seconds=st.none() | st.floats(allow_nan=False, allow_infinity=False),
+        correlation_id=st.none() | _texts,
+        event_id=st.uuids(),
+    )
+)
+def test_an_event_is_written_as_the_json_encoder_would_and_reads_back(event: SagaEvent) -> None:
+    """``encode_event`` writes its JSON directly (it is on the outbox's hot path): the same
+    text as the JSON encoder makes of the event's fields, and it reads back equal."""
+    text = encode_event(event)
+    assert text == json.dumps(_event_dict(event), separators=(",", ":"), allow_nan=False)
+    assert decode_event(text) == dataclasses.replace(
+        event, occurred_at=event.occurred_at.astimezone(UTC)
+    )
+
+
+@pytest.mark.parametrize("duration", [math.nan, math.inf, -math.inf])
+def test_an_event_with_a_non_finite_duration_is_refused(duration: float) -> None:
+    event = SagaEvent(
+        type=SagaEventType.STEP_COMPLETED,
+        saga_id=uuid4(),
+        saga_type="trip",
+        sequence=1,
+        occurred_at=datetime.now(UTC),
+        duration_seconds=duration,
+    )
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        encode_event(event)
