@@ -321,35 +321,40 @@ class _Database:
                 return
 
     async def _pipelined(self, connection: _Connection, pending: list[_Write]) -> bool:
-        """The batch in one transaction, its statements pipelined. False (nothing written) if
-        a statement failed: the caller then runs the writes one by one to isolate it."""
-        await connection.execute("BEGIN")
+        """The batch in one transaction, in one round trip: ``BEGIN``, its statements and
+        ``COMMIT`` pipelined. False (nothing written) if a statement failed: the caller then
+        runs the writes one by one to isolate it.
+
+        A statement that matched no row (a version conflict, a lost lease, an id taken) wrote
+        nothing, so committing the others with it is right; its ``on_row`` says why, after."""
         try:
             cursors = []
             async with connection.pipeline() as pipeline:
+                await connection.execute("BEGIN")
                 for item in pending:
                     assert item.statement is not None
                     cursor = connection.cursor()
                     await cursor.execute(*item.statement)
                     cursors.append(cursor)
+                await connection.execute("COMMIT")
                 await pipeline.sync()
-            outcomes: list[tuple[_Write, Any, BaseException | None]] = []
-            for item, cursor in zip(pending, cursors, strict=True):
-                assert item.on_row is not None
-                row = await cursor.fetchone()
-                try:
-                    outcomes.append((item, await item.on_row(row, connection), None))
-                except (SagaConflictError, SagaAlreadyExistsError) as exc:
-                    outcomes.append((item, None, exc))  # that statement wrote nothing
+            rows = [await cursor.fetchone() for cursor in cursors]
         except psycopg.Error:
             if connection.broken or connection.closed:
                 raise
+            # A failed statement aborted the transaction (the pipelined COMMIT was skipped):
+            # end it; nothing of the batch was written.
             await connection.execute("ROLLBACK")
             return False
-        await connection.execute("COMMIT")
         self.transactions += 1
-        for item, result, error in outcomes:
-            item.settle(result, error)
+        for item, row in zip(pending, rows, strict=True):
+            assert item.on_row is not None
+            try:
+                item.settle(await item.on_row(row, connection))
+            except (SagaConflictError, SagaAlreadyExistsError) as exc:
+                item.settle(error=exc)  # that statement wrote nothing
+            except Exception as exc:  # its refusal could not be read: it still wrote nothing
+                item.settle(error=exc)
         return True
 
     async def _drop_committed(self, connection: _Connection, pending: list[_Write]) -> list[_Write]:
