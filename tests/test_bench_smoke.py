@@ -128,3 +128,23 @@ def test_steps_sized_batches(tmp_path: Path) -> None:
     assert [(r["adapter"], r["steps"]) for r in rows] == [("memory", 1), ("memory", 3)]
     assert all(r["sagas"] >= document["settings"]["min_sagas"] for r in rows)
     assert not (tmp_path / "steps-profile-memory-4.txt").exists()
+
+
+def test_wal(tmp_path: Path, postgres_url: str) -> None:
+    """bench/wal.py: both configurations measured, the outbox's rows visible in the breakdown."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    admin = urlunsplit(urlsplit(postgres_url)._replace(path="/postgres"))
+    document = run("wal.py", tmp_path, "--sagas", "5", "--warmup", "1", "--pg-url", admin)
+    results = {r["config"]: r for r in document["results"]}  # type: ignore[attr-defined]
+    assert set(results) == {"postgres", "postgres-nooutbox"}
+    for result in results.values():
+        assert result["wal_bytes_per_saga"] > 0
+        assert any(k["record_type"] == "Transaction/COMMIT" for k in result["kinds"])
+
+    def inserts(config: str) -> float:
+        kinds = results[config]["kinds"]
+        return sum(k["records_per_saga"] for k in kinds if k["record_type"].startswith("Heap/INS"))
+
+    # The outbox writes a row per event: 10 for the 4-step saga, beside the saga's own row.
+    assert inserts("postgres") >= inserts("postgres-nooutbox") + 9

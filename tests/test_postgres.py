@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
+import anyio
 import psycopg
 import pytest
+from psycopg import sql
 
 from saga_orchestrator import (
     SagaAlreadyExistsError,
@@ -269,6 +271,44 @@ async def test_a_write_cancelled_before_its_batch_is_not_written(
                 await task
         await repo.close()  # waits for the batch in flight
         assert await repo.list_saga_ids() == [committing.saga_id]
+
+
+async def test_a_batch_waiting_on_the_database_does_not_hold_up_the_next(
+    postgres_schema: PostgresSchema,
+) -> None:
+    """Group commit keeps two transactions in flight: while one batch waits (here on a row
+    lock held by another session), the writes queued meanwhile commit in a second one."""
+    async with postgres_schema.repository() as repo:
+        blocked, free = _context(), _context()
+        for context in (blocked, free):
+            await repo.create(context, encode_context(context))
+        async with await psycopg.AsyncConnection.connect(postgres_schema.url) as other:
+            await other.execute(
+                sql.SQL("SELECT 1 FROM {} WHERE saga_id = %s FOR UPDATE").format(
+                    sql.Identifier(postgres_schema.name, "sagas")
+                ),
+                (blocked.saga_id,),
+            )  # a transaction holds the row's lock
+            for context in (blocked, free):
+                context.version = 2
+            waiting = asyncio.create_task(
+                repo.update(blocked, encode_context(blocked), expected_version=1)
+            )
+            with anyio.fail_after(10):
+                while not postgres_schema.query(  # noqa: ASYNC110 (the server state, polled)
+                    "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND query LIKE %s",
+                    (f"%{postgres_schema.name}%",),
+                ):
+                    await asyncio.sleep(0.01)  # polled: until its batch waits on the lock
+            with anyio.fail_after(10):
+                await repo.update(free, encode_context(free), expected_version=1)
+            assert not waiting.done()
+            await other.rollback()  # the lock goes: the first batch commits too
+        with anyio.fail_after(10):
+            await waiting
+    stored = postgres_schema.query("SELECT version FROM sagas ORDER BY version")
+    assert stored == [(2,), (2,)]
 
 
 async def test_a_write_the_database_rejects_fails_alone(postgres_schema: PostgresSchema) -> None:

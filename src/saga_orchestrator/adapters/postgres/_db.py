@@ -57,6 +57,10 @@ backoff formula, ``RetryPolicy``'s. Only the number of attempts is the adapter's
 (``reconnect_attempts``)."""
 
 
+BATCHES_IN_FLIGHT = 2
+"""Group commit: at most this many write transactions of one repository in flight at once."""
+
+
 def _backoff(attempt: int) -> float:
     return RECONNECT_RETRY.backoff_seconds(attempt)
 
@@ -85,7 +89,7 @@ class _Database:
         self._pool: AsyncConnectionPool[_Connection] | None = None
         self._opening: asyncio.Lock | None = None
         self._queue: list[_Write] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._flushers: set[asyncio.Task[None]] = set()
         self.transactions = 0
         """Write transactions committed, for tests and benchmarks."""
         self.reconnects = 0
@@ -205,10 +209,15 @@ class _Database:
         loop = asyncio.get_running_loop()
         item = _Write(key, op, loop.create_future(), verify, statement, on_row)
         self._queue.append(item)
-        if self._flusher is None:
+        if len(self._flushers) < BATCHES_IN_FLIGHT:
             # A task of its own: a caller cancelled while its batch is being committed must
-            # not abandon the other callers' writes half-way.
-            self._flusher = loop.create_task(self._flush())
+            # not abandon the other callers' writes half-way. While one batch waits for the
+            # database (its round trip, its WAL flush), the writes queued meanwhile go in a
+            # second one on another connection: the event loop's work and the database's
+            # overlap instead of taking turns.
+            task = loop.create_task(self._flush())
+            self._flushers.add(task)
+            task.add_done_callback(self._flushers.discard)
         try:
             return await item.future
         except asyncio.CancelledError:
@@ -225,13 +234,19 @@ class _Database:
                 self._queue = []
                 if batch:
                     await self._commit_batch(batch)
+                batch = []
         except BaseException as exc:  # cancelled with the event loop: nothing is left waiting
-            for item in [*batch, *self._queue]:
+            others = self._flushers - {asyncio.current_task()}
+            left = [] if others else self._queue  # another writer takes the queue on
+            for item in [*batch, *left]:
                 item.settle(error=exc)
-            self._queue = []
+            if not others:
+                self._queue = []
             raise
         finally:
-            self._flusher = None
+            # Out of the set before the task ends (no await between the empty queue and
+            # here): a write queued from now on starts a writer of its own.
+            self._flushers.discard(asyncio.current_task())  # type: ignore[arg-type,unused-ignore]
 
     async def _commit_batch(self, batch: list[_Write]) -> None:
         # Every batch locks rows in key order, so concurrent batches (other objects, other
@@ -367,9 +382,10 @@ class _Database:
         return left
 
     async def close(self) -> None:
-        if self._flusher is not None:
-            # Let queued writes finish; waiting neither cancels the writer nor raises its error.
-            await asyncio.wait([self._flusher])
+        while self._flushers:
+            # Let queued writes finish; waiting neither cancels the writers nor raises their
+            # errors.
+            await asyncio.wait(set(self._flushers))
         if self._pool is not None:
             pool, self._pool = self._pool, None
             await pool.close()
