@@ -3,13 +3,15 @@ own ``PostgresSagaRepository`` (defaults, outbox on) in the scenario's schema.
 
 Protocol on stdin/stdout, one line each: it prints ``ready`` once connected; then for each
 line ``N`` it runs N sagas with ``in_flight`` at a time and prints ``done <service calls>
-<write transactions> <statements> <transaction control statements> <autocommit prepares>``
+<write transactions> <CPU seconds> <statements> <transaction control statements> <autocommit
+prepares>``
 (all cumulative; the last three as ``pgstats.COUNTER`` counts them); ``quit`` (or end of
 input) closes it. Every saga must end as the path expects, or it exits with status 1.
 """
 
 from __future__ import annotations
 
+import resource
 import sys
 from pathlib import Path
 
@@ -52,7 +54,9 @@ async def main(url: str, schema: str, path: str, in_flight: int) -> int:
                 print(f"failed {wrong[0]}", flush=True)
                 return 1
             counts = " ".join(str(n) for n in COUNTER.snapshot())
-            print(f"done {services.calls} {repo.transactions} {counts}", flush=True)
+            usage = resource.getrusage(resource.RUSAGE_SELF)
+            cpu = usage.ru_utime + usage.ru_stime
+            print(f"done {services.calls} {repo.transactions} {cpu} {counts}", flush=True)
     finally:
         await repo.close()
 

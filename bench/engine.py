@@ -33,6 +33,7 @@ import math
 import os
 import platform
 import pstats
+import resource
 import shutil
 import signal
 import sqlite3
@@ -107,6 +108,7 @@ class Measurement:
     wall_s: float
     latencies_s: list[float]
     writes: int | None
+    cpu_s: float | None = None  # the client processes' CPU time (user + system) in the batch
     cost: Any = None  # pgstats.Cost of the repeat's window (PostgreSQL adapters)
 
 
@@ -203,6 +205,11 @@ class Scenario:
         """Service calls made so far (in every process of the scenario)."""
         return self.services.calls
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system, every thread) used so far by the scenario's processes."""
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
     async def run(self, count: int) -> Measurement:
         """Run ``count`` sagas; the wall time, each saga's latency (in this process) and the
         writes made."""
@@ -212,6 +219,7 @@ class Scenario:
         writes_before = self.writes()
         calls_before = self.calls()
         gc.collect()
+        cpu_before = self.cpu_seconds()
         started = clock()
         local = await self.start_peers(count)
         if self.local_concurrency == 1:
@@ -233,6 +241,7 @@ class Scenario:
                     tg.start_soon(task)
         await self.join_peers()
         wall = clock() - started
+        cpu = self.cpu_seconds() - cpu_before
         self.run_total += count
         calls = self.calls() - calls_before
         if calls != count * CALLS[self.path]:  # the baseline and the saga make the same calls
@@ -243,7 +252,7 @@ class Scenario:
             if writes_after is not None and writes_before is not None
             else None
         )
-        return Measurement(wall, latencies, writes)
+        return Measurement(wall, latencies, writes, cpu)
 
     def size(self, warmup: Measurement) -> int:
         """The measured batch: about ``target_s`` seconds at the warm-up's rate, at least
@@ -395,6 +404,7 @@ class PostgresTwoProcessScenario(PostgresScenario):
         self.peer_calls = 0
         self.peer_writes = 0
         self.peer_counts = (0, 0, 0)  # pgstats.COUNTER's, in the peer
+        self.peer_cpu = 0.0  # the peer's CPU seconds, as it last reported them
 
     @property
     def local_concurrency(self) -> int:
@@ -418,6 +428,7 @@ class PostgresTwoProcessScenario(PostgresScenario):
         )
         self.peer_calls = self.peer_writes = 0
         self.peer_counts = (0, 0, 0)
+        self.peer_cpu = 0.0
         await self._peer_line("ready")
 
     async def _peer_line(self, want: str) -> str:
@@ -438,8 +449,9 @@ class PostgresTwoProcessScenario(PostgresScenario):
     async def join_peers(self) -> None:
         from pgstats import COUNTER
 
-        _, calls, writes, *counts = (await self._peer_line("done")).split()
+        _, calls, writes, cpu, *counts = (await self._peer_line("done")).split()
         self.peer_calls, self.peer_writes = int(calls), int(writes)
+        self.peer_cpu = float(cpu)
         # The peer's statements count in this run's database cost as this process's do.
         now = tuple(int(n) for n in counts)
         COUNTER.statements += now[0] - self.peer_counts[0]
@@ -449,6 +461,9 @@ class PostgresTwoProcessScenario(PostgresScenario):
 
     def calls(self) -> int:
         return self.services.calls + self.peer_calls
+
+    def cpu_seconds(self) -> float:
+        return super().cpu_seconds() + self.peer_cpu
 
     def writes(self) -> int | None:
         local = super().writes()
@@ -705,6 +720,11 @@ def summarise(scenario: Scenario, baseline: Scenario | None, fixed: Any | None) 
         "p50_ms": statistics.median(_percentile(m.latencies_s, 0.50) for m in runs) * 1e3,
         "p99_ms": statistics.median(_percentile(m.latencies_s, 0.99) for m in runs) * 1e3,
         "sagas_per_s_each_repeat": [round(count / m.wall_s, 1) for m in runs],
+        "client_cpu_per_saga_us": (
+            statistics.median(m.cpu_s / count for m in runs if m.cpu_s is not None) * 1e6
+            if all(m.cpu_s is not None for m in runs)
+            else None
+        ),
         "service_calls_per_saga": CALLS[scenario.path],
     }
     if baseline is not None:
@@ -797,6 +817,7 @@ def main_table(rows: list[dict[str, Any]]) -> str:
         "p99 ms",
         "µs/saga",
         "µs/step",
+        "CPU µs/saga",
         "tx/saga",
         "sagas x repeats",
     ]
@@ -810,12 +831,13 @@ def main_table(rows: list[dict[str, Any]]) -> str:
             _fmt(r["p99_ms"], "{:.3f}" if r["p99_ms"] < 10 else "{:.1f}"),
             _fmt(r.get("overhead_per_saga_us"), "{:,.0f}"),
             _fmt(r.get("overhead_per_step_us"), "{:,.1f}"),
+            _fmt(r.get("client_cpu_per_saga_us"), "{:,.0f}"),
             _fmt(r.get("writes_per_saga"), "{:.2f}"),
             f"{r['sagas_per_repeat']} x {r['repeats']}",
         ]
         for r in rows
     ]
-    return markdown_table(header, body, "<<<>>>>>>>")
+    return markdown_table(header, body, "<<<>>>>>>>>")
 
 
 def db_table(rows: list[dict[str, Any]]) -> str:
