@@ -722,3 +722,28 @@ def test_the_directly_written_document_is_the_json_encoders(context: SagaContext
     text = encode_context(context)
     assert text == _ENCODER.encode(_document_dict(context))
     assert encode_context(decode_context(text)) == text  # read back, the same document
+
+
+_T0 = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    "step",
+    [
+        StepState('a "quoted" \\ name'),
+        StepState("run", StepStatus.RUNNING, attempts=1, started_at=_T0),
+        StepState("done", StepStatus.COMPLETED, attempts=2, started_at=_T0, completed_at=_T0),
+        # Near misses of those shapes: written field by field.
+        StepState("odd", StepStatus.PENDING, attempts=1),
+        StepState("odd", StepStatus.RUNNING, attempts=1, started_at=_T0, completed_at=_T0),
+        StepState("odd", StepStatus.COMPLETED, attempts=1, started_at=_T0),
+        StepState("odd", StepStatus.RUNNING, attempts=0, started_at=_T0),
+        StepState("odd", StepStatus.FAILED, attempts=1, started_at=_T0, completed_at=_T0),
+        StepState("odd", StepStatus.COMPLETED, 1, "boom", started_at=_T0, completed_at=_T0),
+        StepState("odd", StepStatus.PENDING, 1, next_attempt_at=_T0, started_at=_T0),
+    ],
+)
+def test_each_step_record_shape_is_written_as_the_encoder_would(step: StepState) -> None:
+    """The forward path's shapes (not run, running, completed) have a shortcut; it and the
+    field-by-field writer both give the JSON encoder's text of the record."""
+    assert _step_text(step) == _ENCODER.encode(_encode_step(step))

@@ -24,7 +24,7 @@ from .errors import (
 )
 from .protocols import IdempotencyStore, StepInterceptor
 from .retry import RetryPolicy, is_refusal
-from .runtime import Phase, StepRun, _current
+from .runtime import Phase, StepRun, _current, _PendingRun
 from .serialization import dumps, encode_value, loads
 from .state import SagaContext, StepState
 
@@ -96,18 +96,8 @@ class _Calls(_Recording):
         attempt: int,
         fn: Callable[[Any], Awaitable[Any]],
     ) -> _Outcome:
-        run = StepRun(
-            saga_id=context.saga_id,
-            saga_type=context.saga_type,
-            step=step.name,
-            phase=phase,
-            attempt=attempt,
-            idempotency_key=(
-                f"{context.saga_id_text}:{step.name}:compensate"
-                if phase is Phase.COMPENSATION
-                else f"{context.saga_id_text}:{step.name}"
-            ),
-            fencing_token=context.version,
+        pending = _PendingRun(
+            context.saga_id, context.saga_type, step.name, phase, attempt, context.version
         )
         timeout = step.timeout_seconds
         if phase is Phase.COMPENSATION and step.compensation_timeout_seconds is not None:
@@ -117,9 +107,11 @@ class _Calls(_Recording):
             timeout = remaining if timeout is None else min(timeout, remaining)
         data = context.data
         call: Callable[[], Awaitable[Any]] = lambda: fn(data)  # noqa: E731
-        for interceptor in reversed(self.interceptors):
-            call = _wrap(interceptor, run, call)
-        token = _current.set(run)
+        if self.interceptors:
+            run = pending.build()
+            for interceptor in reversed(self.interceptors):
+                call = _wrap(interceptor, run, call)
+        token = _current.set(pending)
         # A repository with leases cancels a step before its lease can expire.
         guard = self._leases.lease_guard(context.saga_id) if self._leases is not None else _NO_GUARD
         started = time.perf_counter()

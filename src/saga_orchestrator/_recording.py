@@ -37,7 +37,7 @@ class _Recording:
     async def _commit(
         self, context: SagaContext[Any], pending: machine.Transition, *, lease: bool = True
     ) -> None:
-        now = self.clock.now()
+        now = pending.now if pending.now is not None else self.clock.now()
         context.updated_at = now
         expected = context.version
         first_sequence = context.event_sequence

@@ -95,6 +95,9 @@ class Transition:
     sequence numbers are assigned when the change is committed."""
 
     events: list[dict[str, Any]] = field(default_factory=list)
+    now: datetime | None = None
+    """When the change was decided: the write records it as ``updated_at`` (``None``: the
+    clock is read when writing)."""
 
     def emit(self, type_: SagaEventType, **fields: Any) -> None:
         """Append an event of ``type_`` with ``fields``."""
@@ -140,7 +143,7 @@ def start(
     context: SagaContext[Any], now: datetime, *, timeout_minutes: float | None, begin: bool
 ) -> Transition:
     """The first write: the saga is ``running``; with ``begin``, its first attempt started."""
-    t = Transition()
+    t = Transition(now=now)
     _saga_to(context, SagaStatus.RUNNING)
     context.created_at = now
     context.updated_at = now
@@ -228,7 +231,7 @@ def why_no_attempt(
 
 def begin_attempt(context: SagaContext[Any], index: int, now: datetime) -> Transition:
     """The step's next attempt starts (recorded before its action is called)."""
-    t = Transition()
+    t = Transition(now=now)
     _begin_attempt(context, index, now, t)
     return t
 
@@ -255,7 +258,7 @@ def complete_step(
 ) -> Transition:
     """The step's action succeeded: the next step starts (unless ``stopping``: it is left
     for later), the saga completes, or, past the deadline, compensates."""
-    t = Transition()
+    t = Transition(now=now)
     state = context.steps[index]
     _step_to(state, StepStatus.COMPLETED)
     state.completed_at = now
@@ -303,7 +306,7 @@ def attempt_failed(
     if step.retriable or failure.retryable:
         why_not = why_no_attempt(context, step, state, policy, now)
         if why_not is None:
-            t = Transition()
+            t = Transition(now=now)
             _step_to(state, StepStatus.PENDING)
             state.next_attempt_at = now + timedelta(seconds=policy.backoff_seconds(state.attempts))
             t.emit(
@@ -328,7 +331,7 @@ def fail_step(
     seconds: float | None = None,
 ) -> Transition:
     """The step fails for good: the saga turns to compensating, from this step backwards."""
-    t = Transition()
+    t = Transition(now=now)
     state = context.steps[index]
     _step_to(state, StepStatus.FAILED)
     state.error = failure.text
@@ -350,7 +353,7 @@ def cancel(
 ) -> Transition:
     """An operator stops a running saga: the step in flight counts as possibly done, and the
     saga compensates."""
-    t = Transition()
+    t = Transition(now=now)
     index = context.current_step_index
     state = context.steps[index]
     if state.status is StepStatus.RUNNING or state.attempts:
@@ -429,7 +432,7 @@ def resume_compensation(
 ) -> Transition:
     """A compensation's backoff (or an interrupted attempt) is over: its next attempt
     starts, or, with no attempt left, the saga fails."""
-    t = Transition()
+    t = Transition(now=now)
     state = context.steps[context.current_step_index]
     state.next_attempt_at = None
     if state.compensation_attempts >= policy.max_attempts:
@@ -448,7 +451,7 @@ def compensation_succeeded(
 ) -> Transition:
     """The step's compensation succeeded: the next one (backwards) is due, or the saga is
     compensated."""
-    t = Transition()
+    t = Transition(now=now)
     state = context.steps[index]
     _step_to(state, StepStatus.COMPENSATED)
     state.compensated_at = now
@@ -474,7 +477,7 @@ def compensation_failed(
 ) -> Transition:
     """The step's compensation failed: retried after the policy's backoff, or, with no
     attempt left, the saga stops ``failed`` with the compensations still owed."""
-    t = Transition()
+    t = Transition(now=now)
     state = context.steps[index]
     state.compensation_error = error
     will_retry = state.compensation_attempts < policy.max_attempts
@@ -522,7 +525,7 @@ def retry_failed(
 ) -> Transition:
     """An operator retries a ``failed`` saga: its failed compensation starts again from
     attempt 1, and the saga carries on compensating."""
-    t = Transition()
+    t = Transition(now=now)
     index = next(
         (
             i

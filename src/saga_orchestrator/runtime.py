@@ -50,7 +50,46 @@ class StepRun:
     outside a recorded run (the spec's ``_execute_step`` helper)."""
 
 
-_current: ContextVar[StepRun | None] = ContextVar("saga_orchestrator_step", default=None)
+class _PendingRun:
+    """The ``StepRun`` of an attempt, built only if asked for (``current_step()``): most
+    actions never ask, and the engine sets one at every attempt."""
+
+    __slots__ = ("attempt", "fencing_token", "phase", "run", "saga_id", "saga_type", "step")
+
+    def __init__(
+        self,
+        saga_id: UUID,
+        saga_type: str,
+        step: str,
+        phase: Phase,
+        attempt: int,
+        fencing_token: int,
+    ) -> None:
+        self.saga_id = saga_id
+        self.saga_type = saga_type
+        self.step = step
+        self.phase = phase
+        self.attempt = attempt
+        self.fencing_token = fencing_token
+        self.run: StepRun | None = None
+
+    def build(self) -> StepRun:
+        run = self.run
+        if run is None:
+            suffix = ":compensate" if self.phase is Phase.COMPENSATION else ""
+            run = self.run = StepRun(
+                saga_id=self.saga_id,
+                saga_type=self.saga_type,
+                step=self.step,
+                phase=self.phase,
+                attempt=self.attempt,
+                idempotency_key=f"{self.saga_id}:{self.step}{suffix}",
+                fencing_token=self.fencing_token,
+            )
+        return run
+
+
+_current: ContextVar[_PendingRun | None] = ContextVar("saga_orchestrator_step", default=None)
 
 
 def current_step() -> StepRun:
@@ -59,10 +98,10 @@ def current_step() -> StepRun:
     Call it from inside an action or compensation (it reads a context variable), typically for
     ``current_step().idempotency_key``. Raises ``LookupError`` anywhere else.
     """
-    run = _current.get()
-    if run is None:
+    pending = _current.get()
+    if pending is None:
         raise LookupError("current_step() called outside a saga step's action or compensation")
-    return run
+    return pending.build()
 
 
 class SystemClock:

@@ -6,13 +6,14 @@ cannot fail later on storage for a value that does not serialize.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from anyio.lowlevel import checkpoint
+import anyio.lowlevel
 
 from ..errors import SagaAlreadyExistsError, SagaConflictError
 from ..events import SagaEvent
@@ -20,6 +21,18 @@ from ..serialization import decode_context
 from ..state import SagaContext, SagaStatus, SkippedSaga
 
 __all__ = ["InMemoryEventPublisher", "InMemoryIdempotencyStore", "InMemorySagaRepository"]
+
+
+async def _checkpoint() -> None:
+    """Let other tasks run (and a cancellation land), as a real store's I/O would: anyio's
+    checkpoint, which on asyncio is ``asyncio.sleep(0)``, called directly there so as not to
+    look up the running event-loop library at every write."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # another backend (trio)
+        await anyio.lowlevel.checkpoint()
+        return
+    await asyncio.sleep(0)
 
 
 @dataclass(slots=True)
@@ -54,7 +67,7 @@ class InMemorySagaRepository:
         self, context: SagaContext[Any], state: str, events: Sequence[SagaEvent] = ()
     ) -> None:
         """Store a new saga; raises ``SagaAlreadyExistsError`` if its id is taken."""
-        await checkpoint()  # like any real store, let other tasks run
+        await _checkpoint()  # like any real store, let other tasks run
         if context.saga_id in self._rows:
             raise SagaAlreadyExistsError(context.saga_id)
         self._counter += 1
@@ -80,7 +93,7 @@ class InMemorySagaRepository:
 
         Raises ``SagaConflictError`` otherwise.
         """
-        await checkpoint()  # like any real store, let other tasks run
+        await _checkpoint()  # like any real store, let other tasks run
         row = self._rows.get(context.saga_id)
         if row is None or row.version != expected_version:
             raise SagaConflictError(context.saga_id, expected_version)
@@ -90,13 +103,13 @@ class InMemorySagaRepository:
 
     async def get(self, saga_id: UUID) -> SagaContext[Any] | None:
         """The stored saga (a fresh copy, decoded from its JSON), or ``None``."""
-        await checkpoint()  # like any real store, let other tasks run
+        await _checkpoint()  # like any real store, let other tasks run
         row = self._rows.get(saga_id)
         return decode_context(row.state) if row is not None else None
 
     async def get_by_correlation_id(self, correlation_id: str) -> SagaContext[Any] | None:
         """The most recently created saga with this correlation id, or ``None``."""
-        await checkpoint()  # like any real store, let other tasks run
+        await _checkpoint()  # like any real store, let other tasks run
         latest: _Row | None = None
         for row in self._rows.values():
             if row.correlation_id == correlation_id and (
@@ -113,7 +126,7 @@ class InMemorySagaRepository:
         limit: int = 1000,
     ) -> list[SagaContext[Any]]:
         """Stored sagas, oldest first, filtered by status and type, at most ``limit``."""
-        await checkpoint()  # like any real store, let other tasks run
+        await _checkpoint()  # like any real store, let other tasks run
         rows = sorted(self._rows.values(), key=lambda row: row.order)
         selected = [
             row
@@ -132,7 +145,7 @@ class InMemorySagaRepository:
     ) -> list[UUID]:
         """Ids of stored sagas, oldest first, without reading their state (the same
         selection as ``list_sagas``)."""
-        await checkpoint()
+        await _checkpoint()
         rows = sorted(self._rows.items(), key=lambda item: item[1].order)
         return [
             saga_id
@@ -146,7 +159,7 @@ class InMemorySagaRepository:
     ) -> None:
         """Record that ``saga_id`` could not be resumed, and why (see
         [`StrandingRecorder`][saga_orchestrator.protocols.StrandingRecorder])."""
-        await checkpoint()
+        await _checkpoint()
         row = self._rows.get(saga_id)
         if row is not None:
             self._stranded.pop(saga_id, None)  # a new mark goes last
@@ -154,7 +167,7 @@ class InMemorySagaRepository:
 
     async def list_stranded(self, *, limit: int = 1000) -> list[SkippedSaga]:
         """The unfinished sagas whose mark still holds, oldest mark first."""
-        await checkpoint()
+        await _checkpoint()
         found = []
         for saga_id, (version, saga_version, reason) in self._stranded.items():
             row = self._rows.get(saga_id)
@@ -166,7 +179,7 @@ class InMemorySagaRepository:
         self, statuses: Collection[SagaStatus]
     ) -> dict[tuple[str, SagaStatus], int]:
         """``{(saga_type, status): count}`` for the given statuses (absent means 0)."""
-        await checkpoint()
+        await _checkpoint()
         counts: dict[tuple[str, SagaStatus], int] = {}
         for row in self._rows.values():
             if row.status in statuses:
@@ -184,12 +197,12 @@ class InMemoryIdempotencyStore:
 
     async def get(self, key: str) -> str | None:
         """The value stored under ``key``, or ``None``."""
-        await checkpoint()  # like any real store, let other tasks run
+        await _checkpoint()  # like any real store, let other tasks run
         return self._values.get(key)
 
     async def put_if_absent(self, key: str, value: str) -> str:
         """Store ``value`` unless ``key`` has one already; return the value that is stored."""
-        await checkpoint()  # like any real store, let other tasks run
+        await _checkpoint()  # like any real store, let other tasks run
         if key not in self._values:
             self._values[key] = value
             self._created[key] = datetime.now(UTC)
@@ -197,7 +210,7 @@ class InMemoryIdempotencyStore:
 
     async def purge_before(self, cutoff: datetime) -> int:
         """Forget entries stored before ``cutoff``; return how many."""
-        await checkpoint()
+        await _checkpoint()
         old = [key for key, created in self._created.items() if created < cutoff]
         for key in old:
             del self._values[key], self._created[key]
@@ -216,7 +229,7 @@ class InMemoryEventPublisher:
 
     async def publish(self, events: Sequence[SagaEvent]) -> None:
         """Append ``events`` to ``events``."""
-        await checkpoint()  # like any real store, let other tasks run
+        await _checkpoint()  # like any real store, let other tasks run
         self.events.extend(events)
 
     def for_saga(self, saga_id: UUID) -> list[SagaEvent]:

@@ -121,6 +121,27 @@ def encode_transition(context: SagaContext[Any]) -> str:
 def _step_text(step: StepState) -> str:
     """``_ENCODER.encode(_encode_step(step))``, the same text, written directly: this runs at
     every transition (tests/test_serialization.py checks that the two agree)."""
+    if (
+        step.error is None
+        and not step.effect_possible
+        and step.next_attempt_at is None
+        and not step.compensation_attempts
+        and step.compensation_error is None
+        and step.compensation_started_at is None
+        and step.compensated_at is None
+    ):
+        # The forward path's three shapes, in one piece each: not yet run, running, done.
+        status, attempts, started = step.status, step.attempts, step.started_at
+        if status is StepStatus.PENDING:
+            if not attempts and started is None and step.completed_at is None:
+                return f'{{"name":{_quote(step.name)}}}'
+        elif attempts and started is not None:
+            begun = f'{{"name":{_quote(step.name)},"status":"{status.value}","attempts":{attempts}'
+            if status is StepStatus.RUNNING and step.completed_at is None:
+                return f'{begun},"started_at":{_time_json(started)}}}'
+            if status is StepStatus.COMPLETED and step.completed_at is not None:
+                completed = _time_json(step.completed_at)
+                return f'{begun},"started_at":{_time_json(started)},"completed_at":{completed}}}'
     parts = ['{"name":', _quote(step.name)]
     if step.status is not StepStatus.PENDING:
         parts += [',"status":"', step.status.value, '"']
