@@ -28,9 +28,12 @@ import cProfile
 import gc
 import io
 import math
+import os
 import pstats
 import shlex
 import shutil
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -296,6 +299,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="also cProfile the memory 4-step batch (steps-profile-memory-4.txt)",
     )
+    parser.add_argument(
+        "--against",
+        metavar="REF",
+        default=None,
+        help="also time the memory 4-step saga's engine against this git ref (a tag such as "
+        "v0.1.0, a commit), in alternation: this script on REF's src/ and on this tree's, "
+        "--rounds times each, one process per run; reports both medians and their ratio",
+    )
+    parser.add_argument("--rounds", type=int, default=6, help="runs of each side for --against")
+    parser.add_argument("--engine-sample", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument("--no-save", action="store_true", help="print only, write no files")
     args = parser.parse_args(argv)
@@ -341,8 +354,95 @@ async def run(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
     return rows
 
 
+AGAINST_SAGAS = 3000  # measured sagas per run of --against (after 500 warm-up sagas)
+
+
+async def engine_sample(sagas: int) -> float:
+    """µs per step inside ``execute()``, memory, 4 steps: one run of ``--against``."""
+    orchestrator = SagaOrchestrator(InMemorySagaRepository())
+    await run_batch(orchestrator, 4, 500)
+    batch = await run_batch(orchestrator, 4, sagas)
+    return batch.execute_s / (batch.sagas * 4) * 1e6
+
+
+def against(ref: str, rounds: int, sagas: int) -> dict[str, Any]:
+    """This script's engine sample run on ``ref``'s ``src/`` and on this tree's, alternately,
+    each in a new process: the medians, the minima and the ratio of the medians."""
+    repo = Path(__file__).resolve().parent.parent
+    checkout = Path(tempfile.mkdtemp(prefix="saga-bench-against-"))
+    git = ["git", "-C", str(repo)]
+    added = subprocess.run(
+        [*git, "worktree", "add", "--detach", str(checkout), ref],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if added.returncode != 0:
+        shutil.rmtree(checkout, ignore_errors=True)
+        raise SystemExit(f"--against {ref}: git worktree add failed: {added.stderr.strip()}")
+    commit = subprocess.run(
+        [*git, "rev-parse", "--short", ref], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    samples: dict[str, list[float]] = {"ref": [], "tree": []}
+    try:
+        for round_ in range(rounds):
+            for side, src in (("ref", checkout / "src"), ("tree", repo / "src")):
+                env = {**os.environ, "PYTHONPATH": str(src)}
+                done = subprocess.run(
+                    [sys.executable, __file__, "--engine-sample", "--sagas", str(sagas)],
+                    capture_output=True,
+                    text=True,
+                    env=env,
+                    check=True,
+                )
+                value, _, loaded = done.stdout.strip().splitlines()[-1].partition(" ")
+                if Path(loaded).resolve() != (src / "saga_orchestrator").resolve():
+                    raise SystemExit(f"--against: the {side} run loaded {loaded}, not {src}")
+                samples[side].append(float(value))
+            print(
+                f"  against {ref}: round {round_ + 1}/{rounds}: {samples['ref'][-1]:.1f} µs/step"
+                f" on {ref}, {samples['tree'][-1]:.1f} on this tree",
+                file=sys.stderr,
+                flush=True,
+            )
+    finally:
+        subprocess.run([*git, "worktree", "remove", "--force", str(checkout)], check=False)
+        shutil.rmtree(checkout, ignore_errors=True)
+    ref_median = statistics.median(samples["ref"])
+    tree_median = statistics.median(samples["tree"])
+    return {
+        "ref": ref,
+        "ref_commit": commit,
+        "rounds": rounds,
+        "sagas_per_run": sagas,
+        "ref_us_per_step": samples["ref"],
+        "tree_us_per_step": samples["tree"],
+        "ref_median": ref_median,
+        "tree_median": tree_median,
+        "ref_min": min(samples["ref"]),
+        "tree_min": min(samples["tree"]),
+        "ratio_of_medians": tree_median / ref_median,
+    }
+
+
+def against_text(found: dict[str, Any]) -> str:
+    return (
+        f"engine time per step, memory, 4 steps, inside execute(), {found['rounds']} runs of "
+        f"each in alternation ({found['sagas_per_run']:,} sagas per run): {found['ref']} "
+        f"({found['ref_commit']}) median {found['ref_median']:.1f} µs (min "
+        f"{found['ref_min']:.1f}), this tree median {found['tree_median']:.1f} µs (min "
+        f"{found['tree_min']:.1f}): {found['ratio_of_medians']:.2f}x"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.engine_sample:
+        sagas = args.sagas.get("memory", AGAINST_SAGAS) if args.sagas else AGAINST_SAGAS
+        import saga_orchestrator
+
+        print(f"{anyio.run(engine_sample, sagas):.3f} {Path(saga_orchestrator.__file__).parent}")
+        return 0
     command = shlex.join(["bench/steps.py", *(sys.argv[1:] if argv is None else argv)])
     info = describe_machine()
     print(
@@ -364,6 +464,10 @@ def main(argv: list[str] | None = None) -> int:
         sagas = memory4["sagas"] if memory4 else max(args.min_sagas, 500)
         print(f"  profiling memory, 4 steps: {sagas:,} sagas", file=sys.stderr, flush=True)
         profile_text = anyio.run(profile, args, sagas)
+    compared = None
+    if args.against:
+        sagas = AGAINST_SAGAS if not args.quick else 300
+        compared = against(args.against, max(1, args.rounds if not args.quick else 1), sagas)
     elapsed = time.perf_counter() - started
     info["load_average_at_end"] = load_average()
     header = machine_line(info)
@@ -383,6 +487,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{header}\n{settings}\n\n{table}")
     if verdicts:
         print("\nroadmap targets (informational):\n" + "\n".join(f"- {v}" for v in verdicts))
+    if compared is not None:
+        print(f"\nagainst {args.against}: {against_text(compared)}")
     print(f"(benchmark took {elapsed:.0f} s)", file=sys.stderr)
     if profile_text is not None:
         print(f"\n{profile_text}")
@@ -397,6 +503,8 @@ def main(argv: list[str] | None = None) -> int:
         if verdicts:
             markdown_lines += ["", "Roadmap targets (informational, not asserted):", ""]
             markdown_lines += [f"- {v}" for v in verdicts]
+        if compared is not None:
+            markdown_lines += ["", f"Against `{args.against}`: {against_text(compared)}."]
         document = {
             "benchmark": "steps",
             "command": command,
@@ -415,6 +523,7 @@ def main(argv: list[str] | None = None) -> int:
             },
             "results": rows,
             "targets": verdicts,
+            "against": compared,
         }
         paths = write_results("steps", document, "\n".join(markdown_lines), args.results_dir)
         if profile_text is not None:

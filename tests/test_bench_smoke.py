@@ -130,6 +130,23 @@ def test_steps_sized_batches(tmp_path: Path) -> None:
     assert not (tmp_path / "steps-profile-memory-4.txt").exists()
 
 
+def test_steps_against_a_git_ref(tmp_path: Path) -> None:
+    """--against REF: the engine sample runs on REF's src/ (a temporary worktree, removed
+    after) and on this tree's, alternately, each run checked to have loaded its own tree."""
+    document, _ = run_steps(
+        tmp_path, "--quick", "--adapters", "memory", "--steps", "4", "--against", "HEAD"
+    )
+    found = document["against"]
+    assert found["ref"] == "HEAD"
+    assert len(found["ref_us_per_step"]) == len(found["tree_us_per_step"]) == 1
+    assert found["ratio_of_medians"] > 0
+    worktrees = subprocess.run(
+        ["git", "-C", str(BENCH.parent), "worktree", "list"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert "saga-bench-against-" not in worktrees
+
+
 def test_wal(tmp_path: Path, postgres_url: str) -> None:
     """bench/wal.py: both configurations measured, the outbox's rows visible in the breakdown."""
     from urllib.parse import urlsplit, urlunsplit
