@@ -136,7 +136,9 @@ def _step_text(step: StepState) -> str:
             if not attempts and started is None and step.completed_at is None:
                 return f'{{"name":{_quote(step.name)}}}'
         elif attempts and started is not None:
-            begun = f'{{"name":{_quote(step.name)},"status":"{status.value}","attempts":{attempts}'
+            begun = (
+                f'{{"name":{_quote(step.name)},"status":"{status._value_}","attempts":{attempts}'
+            )
             if status is StepStatus.RUNNING and step.completed_at is None:
                 return f'{begun},"started_at":{_time_json(started)}}}'
             if status is StepStatus.COMPLETED and step.completed_at is not None:
@@ -144,7 +146,7 @@ def _step_text(step: StepState) -> str:
                 return f'{begun},"started_at":{_time_json(started)},"completed_at":{completed}}}'
     parts = ['{"name":', _quote(step.name)]
     if step.status is not StepStatus.PENDING:
-        parts += [',"status":"', step.status.value, '"']
+        parts += [',"status":"', step.status._value_, '"']
     if step.attempts:
         parts += [',"attempts":', str(step.attempts)]
     if step.error is not None:
@@ -178,38 +180,25 @@ def _encode_document(context: SagaContext[Any], step_texts: list[str]) -> str:
         data_text = _ENCODER.encode(data)
     except ValueError:  # only to say where: the same call raises the error
         data_text = _json(data, f"saga {context.saga_id}")
-    parts = [
-        _HEAD,
-        context.saga_id_text,
-        '","saga_type":',
-        _quote(context.saga_type),
-        ',"correlation_id":',
-        _nullable(context.correlation_id),
-        ',"status":"',
-        context.status.value,
-        '","current_step_index":',
-        str(context.current_step_index),
-        ',"error":',
-        _nullable(context.error),
-        ',"created_at":',
-        _time_json(context.created_at),
-        ',"updated_at":',
-        _time_json(context.updated_at),
-        ',"deadline":',
-        _time_json(context.deadline),
-        ',"version":',
-        str(context.version),
-        ',"event_sequence":',
-        str(context.event_sequence),
-        ',"data":',
-        data_text,
-    ]
+    extra = ""
     if context.saga_version != 1:  # absent for version 1 (and in older rows)
-        parts += [',"saga_version":', str(context.saga_version)]
+        extra = f',"saga_version":{context.saga_version}'
     if context.error_history:  # absent in the sagas that never failed (and in older rows)
-        parts += [',"error_history":', _ENCODER.encode(_error_history(context))]
-    parts += [',"steps":[', ",".join(step_texts), "]}"]
-    return "".join(parts)
+        extra += f',"error_history":{_ENCODER.encode(_error_history(context))}'
+    correlation = context.correlation_id
+    error = context.error
+    # One f-string: the statuses are StrEnums, formatted as their values; ints as JSON.
+    return (
+        f'{_HEAD}{context.saga_id_text}","saga_type":{_quote(context.saga_type)}'
+        f',"correlation_id":{"null" if correlation is None else _quote(correlation)}'
+        f',"status":"{context.status._value_}","current_step_index":{context.current_step_index}'
+        f',"error":{"null" if error is None else _quote(error)}'
+        f',"created_at":{_time_json(context.created_at)}'
+        f',"updated_at":{_time_json(context.updated_at)}'
+        f',"deadline":{_time_json(context.deadline)}'
+        f',"version":{context.version},"event_sequence":{context.event_sequence}'
+        f',"data":{data_text}{extra},"steps":[{",".join(step_texts)}]}}'
+    )
 
 
 def _error_history(context: SagaContext[Any]) -> list[dict[str, Any]]:

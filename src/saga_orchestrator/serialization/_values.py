@@ -253,6 +253,22 @@ def _dict(value: dict[Any, Any], room: int) -> dict[str, Any]:
     return {"$dict": out} if escaped else out
 
 
+_UUID_TEXTS: dict[int, tuple[UUID, str]] = {}
+
+
+def _uuid_text(value: UUID) -> str:
+    """``str(value)``; a saga's ids are written at every transition, so their text is kept,
+    by object identity (the entry holds the object, so its id is not reused meanwhile)."""
+    entry = _UUID_TEXTS.get(id(value))
+    if entry is not None and entry[0] is value:
+        return entry[1]
+    if len(_UUID_TEXTS) >= 4096:
+        _UUID_TEXTS.clear()
+    text = str(value)
+    _UUID_TEXTS[id(value)] = (value, text)
+    return text
+
+
 _ENCODERS: dict[type, Callable[[Any, int], Any]] = {
     str: _same,
     int: _int,
@@ -260,7 +276,7 @@ _ENCODERS: dict[type, Callable[[Any, int], Any]] = {
     type(None): _same,
     float: _float,
     Decimal: _decimal,
-    UUID: lambda v, room: {"$uuid": str(v)},
+    UUID: lambda v, room: {"$uuid": _uuid_text(v)},
     datetime: _datetime,
     date: lambda v, room: {"$date": v.isoformat()},
     timedelta: lambda v, room: {"$timedelta": [v.days, v.seconds, v.microseconds]},
