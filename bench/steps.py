@@ -64,7 +64,10 @@ from saga_orchestrator import (
     SQLiteSagaRepository,
 )
 
-ADAPTERS = ("memory", "sqlite")
+ADAPTERS = ("memory", "sqlite", "postgres")
+DEFAULT_ADAPTERS = ("memory", "sqlite")
+DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+PG_DATABASE = "saga_bench_steps"  # created and dropped by a run with --adapters ...,postgres
 DEFAULT_STEPS = (4, 16, 64, 256)
 TARGET_RATIO = 1.5  # roadmap: µs/step at 256 steps <= 1.5 x µs/step at 4 steps
 TARGET_ENGINE_US = 40.0  # roadmap: <= 40 µs inside execute per step, 4 steps, memory
@@ -123,9 +126,9 @@ async def run_batch(orchestrator: SagaOrchestrator, steps: int, sagas: int) -> B
 
 
 def _writes(repository: Any) -> int:
-    """Committed writes: memory's ``writes``, SQLite's ``transactions``."""
-    if isinstance(repository, SQLiteSagaRepository):
-        return repository.transactions
+    """Committed writes: memory's ``writes``, SQLite's and PostgreSQL's ``transactions``."""
+    if hasattr(repository, "transactions"):
+        return int(repository.transactions)
     return int(repository.writes)
 
 
@@ -148,15 +151,23 @@ async def measure(
     """The warm-up and the measured batch of one cell, on a new repository."""
     if adapter == "memory":
         repository: Any = InMemorySagaRepository()
-    else:
+    elif adapter == "sqlite":
         repository = SQLiteSagaRepository(workdir / f"steps-{steps}.db", synchronous="FULL")
+        await repository.open()
+    else:
+        from pgstats import with_database
+        from saga_orchestrator.adapters.postgres import PostgresSagaRepository
+
+        repository = PostgresSagaRepository(
+            with_database(args.pg_url, PG_DATABASE), schema=f"steps_{steps}"
+        )
         await repository.open()
     try:
         orchestrator = SagaOrchestrator(repository)
         warm = await run_batch(orchestrator, steps, warmup_sagas(args, steps))
         batch = await run_batch(orchestrator, steps, batch_size(args, adapter, steps, warm))
     finally:
-        if adapter == "sqlite":
+        if adapter != "memory":
             await repository.close()
     return warm, batch
 
@@ -268,7 +279,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--steps", type=_int_list, default=list(DEFAULT_STEPS), help="steps per saga, e.g. 4,256"
     )
     parser.add_argument(
-        "--adapters", type=_adapters, default=list(ADAPTERS), help="memory, sqlite or both"
+        "--adapters",
+        type=_adapters,
+        default=list(DEFAULT_ADAPTERS),
+        help="of memory, sqlite, postgres (PostgresSagaRepository, defaults, in the database "
+        f"{PG_DATABASE}, created and dropped)",
+    )
+    parser.add_argument(
+        "--pg-url",
+        default=os.environ.get("SAGA_BENCH_POSTGRES_URL", DEFAULT_PG_URL),
+        help="for postgres: a role that may create databases (env SAGA_BENCH_POSTGRES_URL)",
     )
     parser.add_argument(
         "--target-seconds",
@@ -327,6 +347,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 async def run(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
+    if "postgres" not in args.adapters:
+        return await _run(args, workdir)
+    from pgstats import drop_database, recreate_database
+
+    recreate_database(args.pg_url, PG_DATABASE)
+    try:
+        return await _run(args, workdir)
+    finally:
+        drop_database(args.pg_url, PG_DATABASE)
+
+
+async def _run(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]]:
     rows = []
     for adapter in args.adapters:
         for steps in args.steps:
@@ -479,7 +511,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = (
         f"sagas of N no-op steps run one at a time; {sizing}, after a warm-up of at least "
         f"{args.warmup} saga{'s' if args.warmup != 1 else ''} and {args.warmup_steps} steps; "
-        "SQLite synchronous=FULL, a new file per N; µs/step = wall ÷ (sagas * N); "
+        "SQLite synchronous=FULL, a new file per N; PostgreSQL: the repository's defaults, "
+        "a schema per N; µs/step = wall ÷ (sagas * N); "
         "execute µs/step = time inside execute() only"
     )
     table = render_table(COLUMNS, rows)

@@ -130,6 +130,21 @@ def test_steps_sized_batches(tmp_path: Path) -> None:
     assert not (tmp_path / "steps-profile-memory-4.txt").exists()
 
 
+def test_steps_on_postgres(tmp_path: Path, postgres_url: str) -> None:
+    """--adapters postgres: a database of its own (created, then dropped), and the sagas of
+    INCREMENTAL_MIN_STEPS steps or more written through update_changes."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    admin = urlunsplit(urlsplit(postgres_url)._replace(path="/postgres"))
+    document, _ = run_steps(
+        tmp_path, "--quick", "--adapters", "postgres", "--steps", "2,20", "--sagas", "2",
+        "--pg-url", admin,
+    )  # fmt: skip
+    rows = document["results"]
+    assert [(r["adapter"], r["steps"]) for r in rows] == [("postgres", 2), ("postgres", 20)]
+    assert [r["writes_per_saga"] for r in rows] == [3.0, 21.0]
+
+
 def test_steps_against_a_git_ref(tmp_path: Path) -> None:
     """--against REF: the engine sample runs on REF's src/ (a temporary worktree, removed
     after) and on this tree's, alternately, each run checked to have loaded its own tree."""

@@ -112,6 +112,7 @@ async def test_fresh_schema_gets_the_current_schema(postgres_schema: PostgresSch
         "lease_expires_at": "timestamp with time zone",
         "lease_epoch": "bigint",
         "run_after": "timestamp with time zone",
+        "steps_in_rows": "boolean",
     }
     indexes = {
         row[0]
@@ -129,6 +130,7 @@ async def test_fresh_schema_gets_the_current_schema(postgres_schema: PostgresSch
         "idempotency_keys_pkey",
         "saga_outbox_pkey",
         "saga_outbox_unsent",
+        "saga_steps_pkey",
     } <= indexes
 
 

@@ -11,9 +11,19 @@ from typing import Any
 from . import machine
 from .errors import MainModuleDataWarning
 from .events import SagaEvent, SagaEventType
-from .protocols import Clock, EventPublisher, LeasedSagaRepository, SagaListener, SagaRepository
+from .protocols import (
+    INCREMENTAL_MIN_STEPS,
+    Clock,
+    EventPublisher,
+    IncrementalSagaRepository,
+    LeasedSagaRepository,
+    SagaListener,
+    SagaRepository,
+)
 from .serialization import (
     _MAIN_MODULE_TYPES,
+    StateChanges,
+    encode_changes,
     encode_transition,
     main_module_warning,
     take_main_module_types,
@@ -33,6 +43,7 @@ class _Recording:
     _repository_stores_events: bool
     _process_local: bool
     _leases: LeasedSagaRepository | None
+    _incremental: IncrementalSagaRepository | None
 
     async def _commit(
         self, context: SagaContext[Any], pending: machine.Transition, *, lease: bool = True
@@ -64,7 +75,18 @@ class _Recording:
         context.version = expected + 1
         context.event_sequence = first_sequence + len(pending.events)
         try:
-            state = encode_transition(context)
+            changes: StateChanges | None = None
+            state = ""
+            if (
+                expected
+                and self._incremental is not None
+                and len(context.steps) >= INCREMENTAL_MIN_STEPS
+            ):
+                # The head and the touched step records only; every record the first time
+                # (or whenever what is stored is not known to be what this object wrote).
+                changes = encode_changes(context, complete=context._rows_version != expected)
+            else:
+                state = encode_transition(context)
             if _MAIN_MODULE_TYPES and not self._process_local:
                 for cls in take_main_module_types():
                     warnings.warn(main_module_warning(cls), MainModuleDataWarning, stacklevel=2)
@@ -73,6 +95,12 @@ class _Recording:
                 await self._leases.create(context, state, events, lease=False)
             elif expected == 0:
                 await self.repository.create(context, state, events)
+            elif changes is not None:
+                assert self._incremental is not None
+                await self._incremental.update_changes(
+                    context, changes, expected_version=expected, events=events
+                )
+                context._rows_version = context.version
             else:
                 await self.repository.update(
                     context, state, expected_version=expected, events=events
@@ -81,6 +109,7 @@ class _Recording:
             context.version = expected
             context.event_sequence = first_sequence
             context._step_json = None  # what is stored is unknown now: encode it all next time
+            context._rows_version = None
             raise
         await self._emit(events)
 

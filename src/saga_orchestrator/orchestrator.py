@@ -24,6 +24,7 @@ from .protocols import (
     Clock,
     EventPublisher,
     IdempotencyStore,
+    IncrementalSagaRepository,
     LeasedSagaRepository,
     SagaIdLister,
     SagaListener,
@@ -137,6 +138,9 @@ class SagaOrchestrator(_Driving):
         # Declared attributes (see SagaRepository): an outbox, a store no other process reads.
         self._repository_stores_events = getattr(repository, "stores_events", False) is True
         self._process_local = getattr(repository, "process_local", False) is True
+        self._incremental: IncrementalSagaRepository | None = (
+            repository if isinstance(repository, IncrementalSagaRepository) else None
+        )
         self._leases: LeasedSagaRepository | None = (
             repository if isinstance(repository, LeasedSagaRepository) else None
         )

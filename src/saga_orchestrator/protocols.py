@@ -18,13 +18,16 @@ from uuid import UUID
 
 from .events import SagaEvent
 from .runtime import StepRun
+from .serialization import StateChanges
 from .state import SagaContext, SagaStatus, SkippedSaga
 
 __all__ = [
+    "INCREMENTAL_MIN_STEPS",
     "Clock",
     "EventPublisher",
     "IdempotencyPurger",
     "IdempotencyStore",
+    "IncrementalSagaRepository",
     "LeasedSagaRepository",
     "OutboxSource",
     "SagaIdLister",
@@ -144,6 +147,39 @@ class StrandingRecorder(Protocol):
 
     async def list_stranded(self, *, limit: int = 1000) -> list[SkippedSaga]:
         """The unfinished sagas whose mark still holds, oldest mark first."""
+        ...
+
+
+INCREMENTAL_MIN_STEPS = 16
+"""Sagas with at least this many steps are written through ``update_changes`` when the
+repository has it; smaller ones as whole documents (their data, not their steps, make most
+of a write)."""
+
+
+@runtime_checkable
+class IncrementalSagaRepository(SagaRepository, Protocol):
+    """Optional repository capability: a transition writes only what it changed, the
+    document's head and the step records it touched, so that its cost does not grow with the
+    number of steps (the PostgreSQL repository has it). The orchestrator uses it for sagas of
+    [`INCREMENTAL_MIN_STEPS`][saga_orchestrator.protocols.INCREMENTAL_MIN_STEPS] steps or
+    more; ``create`` and ``update`` still write whole documents, and ``get`` and the queries
+    return whole documents either way.
+    """
+
+    async def update_changes(
+        self,
+        context: SagaContext[Any],
+        changes: StateChanges,
+        *,
+        expected_version: int,
+        events: Sequence[SagaEvent] = (),
+    ) -> None:
+        """Like ``update``, with the document given as
+        [`StateChanges`][saga_orchestrator.serialization.StateChanges]: store
+        ``changes.head`` and the step records in ``changes.steps`` (every one of them when
+        ``changes.complete``: the first such write of a context, after which the stored
+        records and the context agree). Raises ``SagaConflictError`` and writes nothing if
+        the stored version is not ``expected_version``."""
         ...
 
 

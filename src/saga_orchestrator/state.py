@@ -208,6 +208,10 @@ class SagaContext(Generic[T]):
     _step_json: list[str] | None = field(default=None, init=False, repr=False, compare=False)
     _step_json_at: int = field(default=0, init=False, repr=False, compare=False)
     _id_text: tuple[UUID, str] | None = field(default=None, init=False, repr=False, compare=False)
+    # The stored version at which this object last wrote every step record apart
+    # (IncrementalSagaRepository): while the stored version is still that, the records stored
+    # and these agree, and a write may send only those it changed.
+    _rows_version: int | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def saga_id_text(self) -> str:

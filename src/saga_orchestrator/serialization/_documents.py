@@ -6,6 +6,7 @@ Documented, and imported, through [`saga_orchestrator.serialization`][].
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from json.encoder import encode_basestring_ascii
 from typing import Any
@@ -103,19 +104,58 @@ def encode_transition(context: SagaContext[Any]) -> str:
     the one it is at now (every transition of the state machine changes only those). The
     other records' JSON is reused, so a transition costs the same however many steps the
     saga has. The first call (and any after ``encode_context``) encodes every record."""
-    texts = context._step_json
-    count = len(context.steps)
-    if texts is None or len(texts) != count:
-        texts = [_step_text(step) for step in context.steps]
-    else:
-        for index in {context._step_json_at, context.current_step_index}:
-            if 0 <= index < count:
-                texts[index] = _step_text(context.steps[index])
+    texts, _ = _touched_step_texts(context)
     context._step_json = None  # kept only once the document is built
     text = _encode_document(context, texts)
     context._step_json = texts
     context._step_json_at = context.current_step_index
     return text
+
+
+@dataclass(frozen=True, slots=True)
+class StateChanges:
+    """What one transition changed, for a repository that stores step records apart
+    ([`IncrementalSagaRepository`][saga_orchestrator.protocols.IncrementalSagaRepository])."""
+
+    head: str
+    """The saga's document without its step records: every other field, ending in
+    ``"steps":[]}``."""
+    steps: dict[int, str]
+    """Step index to that step record's JSON: the records this write changes (every record
+    when ``complete``)."""
+    complete: bool
+    """Whether ``steps`` holds every step record (the first such write of a context)."""
+
+    def document(self, step_texts: list[str]) -> str:
+        """The whole document, given every step record's JSON in order."""
+        return f"{self.head[:-2]}{','.join(step_texts)}]}}"
+
+
+def encode_changes(context: SagaContext[Any], *, complete: bool) -> StateChanges:
+    """The transition's [`StateChanges`][]: the document's head and the step records it can
+    have touched (as for [`encode_transition`][]), or every record if ``complete``."""
+    texts, touched = _touched_step_texts(context)
+    context._step_json = None  # kept only once the head is built
+    head = _encode_document(context, [])
+    context._step_json = texts
+    context._step_json_at = context.current_step_index
+    indexes = range(len(texts)) if complete or touched is None else sorted(touched)
+    return StateChanges(head=head, steps={i: texts[i] for i in indexes}, complete=complete)
+
+
+def _touched_step_texts(context: SagaContext[Any]) -> tuple[list[str], set[int] | None]:
+    """Every step record's JSON, re-encoding only those a transition can have touched; and
+    those indexes (``None``: all were encoded afresh)."""
+    texts = context._step_json
+    count = len(context.steps)
+    if texts is None or len(texts) != count:
+        return [_step_text(step) for step in context.steps], None
+    touched = {
+        index for index in (context._step_json_at, context.current_step_index) if 0 <= index < count
+    }
+    for index in touched:
+        texts[index] = _step_text(context.steps[index])
+    return texts, touched
 
 
 def _step_text(step: StepState) -> str:

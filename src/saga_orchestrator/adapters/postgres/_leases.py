@@ -26,6 +26,17 @@ from ._db import _Connection, _Database
 logger = logging.getLogger("saga_orchestrator")
 
 
+def document_expression(steps_table: sql.Composable) -> sql.Composed:
+    """SQL for the whole stored document of the ``sagas`` row aliased ``s``: its ``state``,
+    with the step records put back in, in order, when they are kept apart in ``steps_table``
+    (``steps_in_rows``; the state then ends in ``"steps":[]}``)."""
+    return sql.SQL(
+        "CASE WHEN s.steps_in_rows THEN left(s.state, -2) || coalesce((SELECT"
+        " string_agg(t.record, ',' ORDER BY t.idx) FROM {} AS t WHERE t.saga_id = s.saga_id),"
+        " '') || ']}}' ELSE s.state END"
+    ).format(steps_table)
+
+
 @dataclass(slots=True, eq=False)
 class _Lease:
     epoch: int
@@ -200,8 +211,8 @@ class _LeaseHolder:
             " AND (lease_owner IS NULL OR lease_expires_at < now())"
             " AND (run_after IS NULL OR run_after <= now()){}"
             " ORDER BY run_after NULLS FIRST, created_seq LIMIT %s FOR UPDATE SKIP LOCKED)"
-            " AS due WHERE s.saga_id = due.saga_id RETURNING s.saga_id, s.lease_epoch, s.state"
-        ).format(table, table, types)
+            " AS due WHERE s.saga_id = due.saga_id RETURNING s.saga_id, s.lease_epoch, {}"
+        ).format(table, table, types, document_expression(self._db.table("saga_steps")))
         params: list[Any] = [self.owner, self.lease_seconds]
         if saga_types is not None:
             params.append(list(saga_types))

@@ -15,11 +15,11 @@ from psycopg import sql
 from ...errors import SagaAlreadyExistsError, SagaConflictError, SagaLeaseError
 from ...events import SagaEvent, encode_event
 from ...machine import wake_at
-from ...serialization import decode_context
+from ...serialization import StateChanges, decode_context
 from ...state import ACTIVE_STATUSES, SagaContext, SagaStatus, SkippedSaga
 from .._common import selection, status_values
 from ._db import _Connection, _PostgresBase
-from ._leases import _default_owner, _Lease, _LeaseHolder
+from ._leases import _default_owner, _Lease, _LeaseHolder, document_expression
 from ._notify import _Notifications, _Notifier
 from ._outbox import _OutboxReader
 
@@ -155,18 +155,29 @@ class PostgresSagaRepository(_LeaseHolder, _Notifications, _OutboxReader, _Postg
         write_params: Sequence[Any],
         events: Sequence[SagaEvent],
         notify: tuple[str, str] | None,
+        steps: tuple[UUID, list[int], list[str]] | None = None,
     ) -> tuple[str, tuple[Any, ...]]:
-        """One statement: the row's write (``RETURNING lease_epoch``), its events into the
-        outbox only if the row was written, and a notification only then too. A statement
-        alone is a transaction, so a write alone in its batch costs one round trip."""
+        """One statement: the row's write (``RETURNING lease_epoch``), the step records kept
+        apart (``steps``: saga id, indexes, records) and its events into the outbox, both only
+        if the row was written, and a notification only then too. A statement alone is a
+        transaction, so a write alone in its batch costs one round trip."""
         with_events = len(events) if self.stores_events else 0
-        key = (write, with_events, notify is not None)
+        key = (write + ("+steps" if steps is not None else ""), with_events, notify is not None)
         query = self._statements.get(key)
         if query is None:
             parts: list[sql.Composable] = [
                 sql.SQL("WITH w AS ("),
                 sql.SQL(write).format(self._db.table("sagas")),
             ]
+            if steps is not None:
+                parts.append(
+                    sql.SQL(
+                        "), st AS (INSERT INTO {} (saga_id, idx, record) SELECT %s, u.i, u.r"
+                        " FROM unnest(%s::integer[], %s::text[]) AS u(i, r)"
+                        " WHERE EXISTS (SELECT 1 FROM w)"
+                        " ON CONFLICT (saga_id, idx) DO UPDATE SET record = EXCLUDED.record"
+                    ).format(self._db.table("saga_steps"))
+                )
             if with_events:
                 # One row of parameters per event (a transition has 1 to 3): text parameters
                 # go as they are, where a text[] parameter would be escaped quote by quote.
@@ -186,6 +197,8 @@ class PostgresSagaRepository(_LeaseHolder, _Notifications, _OutboxReader, _Postg
             # Built once per shape: the same text each time also lets psycopg prepare it.
             query = self._statements[key] = sql.Composed(parts).as_string(None)
         params: list[Any] = list(write_params)
+        if steps is not None:
+            params += steps
         if with_events:
             for event in events:
                 params += [event.saga_id, event.sequence, encode_event(event)]
@@ -282,11 +295,39 @@ class PostgresSagaRepository(_LeaseHolder, _Notifications, _OutboxReader, _Postg
         process holds the lease, or took it over), and writes nothing, otherwise. A terminal
         status releases the lease.
         """
+        await self._update(context, state, None, expected_version, events)
+
+    async def update_changes(
+        self,
+        context: SagaContext[Any],
+        changes: StateChanges,
+        *,
+        expected_version: int,
+        events: Sequence[SagaEvent] = (),
+    ) -> None:
+        """``update``, writing the document's head to the row and the step records in
+        ``changes.steps`` to ``saga_steps`` (upserted, in the same statement): the
+        incremental path the orchestrator takes for sagas of many steps. Reads put the
+        document back together."""
+        indexes = list(changes.steps)
+        steps = (context.saga_id, indexes, [changes.steps[i] for i in indexes])
+        await self._update(context, changes.head, steps, expected_version, events)
+
+    async def _update(
+        self,
+        context: SagaContext[Any],
+        state: str,
+        steps: tuple[UUID, list[int], list[str]] | None,
+        expected_version: int,
+        events: Sequence[SagaEvent],
+    ) -> None:
         saga_id = context.saga_id
         held = self._leases.get(saga_id)
         release = context.is_terminal
+        apart = "true" if steps is not None else "false"  # where the step records are
         common = (
-            "status = %s, version = %s, updated_at = %s, state = %s, run_after = %s,"
+            f"status = %s, version = %s, updated_at = %s, state = %s, steps_in_rows = {apart},"
+            " run_after = %s,"
             " lease_owner = CASE WHEN %s THEN NULL ELSE %s END,"
             " lease_expires_at = CASE WHEN %s THEN NULL"
             " ELSE clock_timestamp() + %s * interval '1 second' END"
@@ -316,7 +357,7 @@ class PostgresSagaRepository(_LeaseHolder, _Notifications, _OutboxReader, _Postg
             )
             params = (*values, saga_id, expected_version, self.owner)
         notify = (self._channel("done"), str(saga_id)) if release else None
-        statement = self._write_statement(write, params, events, notify)
+        statement = self._write_statement(write, params, events, notify, steps)
 
         async def on_row(row: Any, connection: _Connection) -> int:
             if row is None:
@@ -383,7 +424,9 @@ class PostgresSagaRepository(_LeaseHolder, _Notifications, _OutboxReader, _Postg
     async def get(self, saga_id: UUID) -> SagaContext[Any] | None:
         """The stored saga, or ``None``."""
         row = await self._db.fetchone(
-            sql.SQL("SELECT state FROM {} WHERE saga_id = %s").format(self._db.table("sagas")),
+            sql.SQL("SELECT {} FROM {} AS s WHERE s.saga_id = %s").format(
+                self._document, self._db.table("sagas")
+            ),
             (saga_id,),
         )
         return decode_context(row[0]) if row is not None else None
@@ -392,8 +435,9 @@ class PostgresSagaRepository(_LeaseHolder, _Notifications, _OutboxReader, _Postg
         """The most recently created saga with this correlation id, or ``None``."""
         row = await self._db.fetchone(
             sql.SQL(
-                "SELECT state FROM {} WHERE correlation_id = %s ORDER BY created_seq DESC LIMIT 1"
-            ).format(self._db.table("sagas")),
+                "SELECT {} FROM {} AS s WHERE s.correlation_id = %s"
+                " ORDER BY s.created_seq DESC LIMIT 1"
+            ).format(self._document, self._db.table("sagas")),
             (correlation_id,),
         )
         return decode_context(row[0]) if row is not None else None
@@ -409,7 +453,7 @@ class PostgresSagaRepository(_LeaseHolder, _Notifications, _OutboxReader, _Postg
         if statuses is not None and not statuses:
             return []
         clauses, params = _selection(statuses, saga_type)
-        rows = await self._db.fetchall(self._select("state", clauses), [*params, int(limit)])
+        rows = await self._db.fetchall(self._select(self._document, clauses), [*params, int(limit)])
         return [decode_context(row[0]) for row in rows]
 
     async def list_saga_ids(
@@ -425,14 +469,22 @@ class PostgresSagaRepository(_LeaseHolder, _Notifications, _OutboxReader, _Postg
         if statuses is not None and not statuses:
             return []
         clauses, params = _selection(statuses, saga_type)
-        rows = await self._db.fetchall(self._select("saga_id", clauses), [*params, int(limit)])
+        rows = await self._db.fetchall(
+            self._select(sql.SQL("s.saga_id"), clauses), [*params, int(limit)]
+        )
         return [row[0] for row in rows]
 
-    def _select(self, column: str, clauses: list[sql.Composable]) -> sql.Composed:
+    def _select(self, column: sql.Composable, clauses: list[sql.Composable]) -> sql.Composed:
         where = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(clauses) if clauses else sql.SQL("")
-        return sql.SQL("SELECT {} FROM {}{} ORDER BY created_seq LIMIT %s").format(
-            sql.Identifier(column), self._db.table("sagas"), where
+        return sql.SQL("SELECT {} FROM {} AS s{} ORDER BY s.created_seq LIMIT %s").format(
+            column, self._db.table("sagas"), where
         )
+
+    @property
+    def _document(self) -> sql.Composed:
+        """The whole stored document of the row ``s``: its ``state``, with the step records
+        put back in when they are kept apart (``steps_in_rows``)."""
+        return document_expression(self._db.table("saga_steps"))
 
     async def count_by_status(
         self, statuses: Collection[SagaStatus]

@@ -11,9 +11,18 @@ import anyio
 import pytest
 
 from ...errors import SagaAlreadyExistsError, SagaConflictError
-from ...protocols import SagaIdLister, SagaRepository, SagaStatusCounter, StrandingRecorder
-from ...serialization import encode_context
-from ...state import SagaContext, SagaStatus, SkippedSaga
+from ...protocols import (
+    INCREMENTAL_MIN_STEPS,
+    IncrementalSagaRepository,
+    SagaIdLister,
+    SagaRepository,
+    SagaStatusCounter,
+    StrandingRecorder,
+)
+from ...serialization import encode_changes, encode_context, encode_transition
+from ...serialization._documents import _document_dict
+from ...serialization._values import _ENCODER
+from ...state import SagaContext, SagaStatus, SkippedSaga, StepState, StepStatus
 from .._contract_sagas import utc
 from . import _orchestration
 from ._support import (
@@ -352,6 +361,57 @@ class SagaRepositoryContract:
             SkippedSaga(second.saga_id, _SAGA_TYPE, "its factory raised", 1)
         ]
 
+    async def test_incremental_writes_read_back_whole(
+        self, saga_repository: SagaRepository
+    ) -> None:
+        """Optional (``IncrementalSagaRepository``): a saga of many steps written as its
+        changes (every step record first, then only those a transition touched) reads back as
+        the whole document, by ``get``, ``list_sagas`` and ``get_by_correlation_id``; a stale
+        version conflicts and writes nothing; a whole-document ``update`` replaces it all."""
+        _require(saga_repository, IncrementalSagaRepository, "update_changes")
+        incremental = cast(IncrementalSagaRepository, saga_repository)
+        context = _context(correlation_id="incremental")
+        context.steps = [StepState(f"s{i:02d}") for i in range(INCREMENTAL_MIN_STEPS + 2)]
+        await saga_repository.create(context, encode_transition(context))
+
+        async def reads_back() -> None:
+            whole = _ENCODER.encode(_document_dict(context))  # no shortcut, no cache
+            stored = await saga_repository.get(context.saga_id)
+            listed = await saga_repository.list_sagas()
+            found = await saga_repository.get_by_correlation_id("incremental")
+            for got in (stored, *listed, found):
+                assert got is not None
+                assert encode_context(got) == whole
+
+        context.version = 2
+        _start_step(context, 0)
+        everything = encode_changes(context, complete=True)
+        assert sorted(everything.steps) == list(range(len(context.steps)))
+        await incremental.update_changes(context, everything, expected_version=1)
+        await reads_back()
+
+        context.version = 3
+        context.steps[0] = dataclasses.replace(
+            context.steps[0], status=StepStatus.COMPLETED, completed_at=utc(2)
+        )
+        _start_step(context, 1)
+        touched = encode_changes(context, complete=False)
+        assert sorted(touched.steps) == [0, 1]
+        await incremental.update_changes(context, touched, expected_version=2)
+        await reads_back()
+
+        stale = dataclasses.replace(context, version=4, error="stale")
+        with pytest.raises(SagaConflictError):
+            await incremental.update_changes(
+                stale, encode_changes(stale, complete=True), expected_version=1
+            )
+        await reads_back()
+
+        context.version = 4
+        context.error = "written whole"
+        await saga_repository.update(context, encode_context(context), expected_version=3)
+        await reads_back()
+
     async def test_writes_are_shared_with_another_instance(
         self,
         saga_repository: SagaRepository,
@@ -464,3 +524,12 @@ class SagaRepositoryContract:
         await _orchestration.two_orchestrators_never_both_advance_one_saga(
             saga_repository, second_saga_repository
         )
+
+
+def _start_step(context: SagaContext[Any], index: int) -> None:
+    """The record of an attempt of step ``index`` begun (as the state machine records it)."""
+    step = context.steps[index]
+    context.steps[index] = dataclasses.replace(
+        step, status=StepStatus.RUNNING, attempts=step.attempts + 1, started_at=utc(index + 1)
+    )
+    context.current_step_index = index
