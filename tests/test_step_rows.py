@@ -211,3 +211,24 @@ async def test_a_short_saga_stays_one_document(postgres_schema: PostgresSchema) 
     assert not apart
     assert rows == 0
     assert '"steps":[{' in state
+
+
+async def test_a_worker_claims_a_long_saga_whole(postgres_schema: PostgresSchema) -> None:
+    """``claim`` (the workers' read) returns the document put back together, as ``get``."""
+    async with checked(postgres_schema) as repo:
+        result = await SagaOrchestrator(repo).execute(LongSaga(LongData()))
+    # Made claimable again by hand: in flight, no lease, due.
+    postgres_schema.query(
+        "UPDATE sagas SET status = 'running', lease_owner = NULL, lease_expires_at = NULL,"
+        ' state = replace(state, \'"status":"completed"\', \'"status":"running"\')'
+        " WHERE saga_id = %s",
+        (result.saga_id,),
+    )
+    async with postgres_schema.repository() as worker:
+        [claimed] = await worker.claim(10)
+        stored = await worker.get(result.saga_id)
+    assert stored is not None
+    assert claimed.saga_id == result.saga_id
+    assert len(claimed.steps) == STEPS
+    assert encode_context(claimed) == encode_context(stored)
+    assert [s.status.value for s in claimed.steps] == ["completed"] * STEPS
