@@ -18,7 +18,7 @@ import sqlite3
 import subprocess
 import sys
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
@@ -46,6 +46,11 @@ from saga_orchestrator.outbox import OutboxRelay
 from saga_orchestrator.protocols import OutboxSource, SagaRepository
 from saga_orchestrator.serialization import encode_context
 from saga_orchestrator.testing import ManualClock
+
+# The kit's own test doubles: a publisher that records (and can fail) and a spying source.
+from saga_orchestrator.testing.contract._outbox import _RecordingPublisher as RecordingPublisher
+from saga_orchestrator.testing.contract._outbox import _SpySource as SpySource
+from saga_orchestrator.testing.contract._support import _event as make_event
 from tests.conftest import PostgresSchema
 from tests.sagas import TripData, TripSaga, always, fail_on
 
@@ -92,64 +97,6 @@ class EventLog:
 
     def on_event(self, event: SagaEvent) -> None:
         self.events.append(event)
-
-
-class RecordingPublisher:
-    """Keeps every batch it is given, one list per ``publish`` call, and fails the calls
-    numbered in ``fail_calls`` (1-based) after taking them, as a broker that went down half
-    way would: their events may have reached consumers, so they count as delivered twice."""
-
-    def __init__(self, fail_calls: Collection[int] = ()) -> None:
-        self.calls: list[list[SagaEvent]] = []
-        self.failed: set[int] = set()
-        """Indexes (0-based) of the calls that raised."""
-        self.fail_calls = set(fail_calls)
-        self._called = anyio.Event()
-
-    async def publish(self, events: Sequence[SagaEvent]) -> None:
-        await anyio.lowlevel.checkpoint()
-        self.calls.append(list(events))
-        self._called.set()
-        self._called = anyio.Event()
-        if len(self.calls) in self.fail_calls:
-            self.failed.add(len(self.calls) - 1)
-            raise ConnectionError(f"broker went away (call {len(self.calls)})")
-
-    async def wait_for(self, count: int) -> None:
-        """Return once ``count`` distinct events were accepted."""
-        while len({e.event_id for e in self.accepted}) < count:
-            await self._called.wait()
-
-    @property
-    def accepted(self) -> list[SagaEvent]:
-        """The events of the calls that returned, in order."""
-        return [e for i, call in enumerate(self.calls) if i not in self.failed for e in call]
-
-    @property
-    def delivered(self) -> list[SagaEvent]:
-        """Every event handed over, failed calls included."""
-        return [e for call in self.calls for e in call]
-
-
-class SpySource:
-    """Wraps an outbox source: records each batch read, and says when a read found none."""
-
-    def __init__(self, source: OutboxSource) -> None:
-        self.source = source
-        self.batches: list[list[tuple[int, SagaEvent]]] = []
-        self.marked: list[list[int]] = []
-        self.empty = anyio.Event()
-
-    async def fetch_unsent(self, limit: int) -> list[tuple[int, SagaEvent]]:
-        batch = await self.source.fetch_unsent(limit)
-        self.batches.append(batch)
-        if not batch:
-            self.empty.set()
-        return batch
-
-    async def mark_sent(self, ids: Sequence[int]) -> None:
-        await self.source.mark_sent(ids)
-        self.marked.append(list(ids))
 
 
 async def run_sagas(repository: SagaRepository, count: int = 6) -> list[SagaEvent]:
@@ -204,20 +151,6 @@ def new_context() -> SagaContext[TripData]:
         created_at=now,
         updated_at=now,
         version=1,
-    )
-
-
-def event(context: SagaContext[Any], sequence: int, **fields: Any) -> SagaEvent:
-    """An event of ``context`` at ``sequence``."""
-    return SagaEvent(
-        type=SagaEventType.STEP_STARTED,
-        saga_id=context.saga_id,
-        saga_type=context.saga_type,
-        sequence=sequence,
-        occurred_at=datetime.now(UTC),
-        step="flight",
-        attempt=1,
-        **fields,
     )
 
 
@@ -281,7 +214,7 @@ async def test_sqlite_saga_row_rolls_back_when_its_events_cannot_be_written(
     path = tmp_path / "atomic.db"
     async with SQLiteSagaRepository(path, outbox=True) as repo:
         context = new_context()
-        await repo.create(context, encode_context(context), [event(context, 1)])
+        await repo.create(context, encode_context(context), [make_event(context, 1)])
         with closing(sqlite3.connect(path)) as db, db:
             db.execute(
                 "CREATE TRIGGER refuse BEFORE INSERT ON saga_outbox"
@@ -291,7 +224,10 @@ async def test_sqlite_saga_row_rolls_back_when_its_events_cannot_be_written(
         context.status = SagaStatus.COMPLETED
         with pytest.raises(sqlite3.DatabaseError, match="outbox refused"):
             await repo.update(
-                context, encode_context(context), expected_version=1, events=[event(context, 2)]
+                context,
+                encode_context(context),
+                expected_version=1,
+                events=[make_event(context, 2)],
             )
         stored = await repo.get(context.saga_id)
         assert stored is not None
@@ -303,7 +239,7 @@ async def test_sqlite_marks_more_ids_than_one_statement_takes(tmp_path: Path) ->
     """mark_sent with 1,200 ids (more than SQLite binds in one statement) marks them all."""
     async with SQLiteSagaRepository(tmp_path / "many.db", outbox=True) as repo:
         context = new_context()
-        events = [event(context, sequence) for sequence in range(1, 1201)]
+        events = [make_event(context, sequence) for sequence in range(1, 1201)]
         await repo.create(context, encode_context(context), events)
         batch = await repo.fetch_unsent(5000)
         assert [e for _, e in batch] == events

@@ -307,20 +307,22 @@ class LedgerSaga(BaseSaga[LedgerData]):
 # ---------------------------------------------------------------- running
 
 
-class CheckedMemoryRepository(InMemorySagaRepository):
-    """The in-memory repository, checking that each written document (encoded by
-    ``encode_transition``, which reuses the step records a transition cannot have touched)
-    is exactly the document of the whole context encoded afresh."""
+class _CheckedWrites:
+    """Checks that each written document (encoded by ``encode_transition``, which reuses the
+    step records a transition cannot have touched) is exactly the document of the whole
+    context encoded afresh, then writes it as the repository it is mixed into does."""
 
     async def create(self, context: Any, state: str, events: Any = ()) -> None:
         _assert_fresh(context, state)
-        await super().create(context, state, events)
+        await super().create(context, state, events)  # type: ignore[misc]
 
     async def update(
         self, context: Any, state: str, *, expected_version: int, events: Any = ()
     ) -> None:
         _assert_fresh(context, state)
-        await super().update(context, state, expected_version=expected_version, events=events)
+        await super().update(  # type: ignore[misc]
+            context, state, expected_version=expected_version, events=events
+        )
 
 
 def _assert_fresh(context: Any, state: str) -> None:
@@ -328,18 +330,12 @@ def _assert_fresh(context: Any, state: str) -> None:
     assert state == full, "a stale step record was written"
 
 
-class CheckedSQLiteRepository(SQLiteSagaRepository):
-    """The SQLite repository, with the same check as ``CheckedMemoryRepository``."""
+class CheckedMemoryRepository(_CheckedWrites, InMemorySagaRepository):
+    """The in-memory repository, every write checked (``_CheckedWrites``)."""
 
-    async def create(self, context: Any, state: str, events: Any = ()) -> None:
-        _assert_fresh(context, state)
-        await super().create(context, state, events)
 
-    async def update(
-        self, context: Any, state: str, *, expected_version: int, events: Any = ()
-    ) -> None:
-        _assert_fresh(context, state)
-        await super().update(context, state, expected_version=expected_version, events=events)
+class CheckedSQLiteRepository(_CheckedWrites, SQLiteSagaRepository):
+    """The SQLite repository, every write checked (``_CheckedWrites``)."""
 
 
 class MemoryStorage:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from json.encoder import encode_basestring_ascii
 from typing import Any
 from uuid import UUID, uuid4
+
+from ._texts import identity_texts
 
 __all__ = ["SagaEvent", "SagaEventType", "decode_event", "encode_event"]
 
@@ -132,7 +135,6 @@ def _event_dict(event: SagaEvent) -> dict[str, Any]:
 
 
 _quote = encode_basestring_ascii
-_UTC_TEXTS: dict[int, tuple[datetime, str]] = {}
 
 
 def _nullable(value: str | None) -> str:
@@ -145,17 +147,11 @@ def _float(value: float) -> str:
     return float.__repr__(value)
 
 
-def _utc_text(value: datetime) -> str:
-    """``value.astimezone(UTC).isoformat()``; a transition's events share one instant, whose
-    text is kept by object identity (the entry holds the object, so its id is not reused)."""
-    entry = _UTC_TEXTS.get(id(value))
-    if entry is not None and entry[0] is value:
-        return entry[1]
-    if len(_UTC_TEXTS) >= 1024:
-        _UTC_TEXTS.clear()
-    text = value.astimezone(UTC).isoformat()
-    _UTC_TEXTS[id(value)] = (value, text)
-    return text
+_utc_text: Callable[[datetime], str] = identity_texts(
+    lambda value: value.astimezone(UTC).isoformat(), 1024
+)
+"""``value.astimezone(UTC).isoformat()``; a transition's events share one instant, whose text
+is kept."""
 
 
 def decode_event(text: str | bytes) -> SagaEvent:

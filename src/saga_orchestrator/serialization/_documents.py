@@ -6,12 +6,14 @@ Documented, and imported, through [`saga_orchestrator.serialization`][].
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from json.encoder import encode_basestring_ascii
 from typing import Any
 from uuid import UUID
 
+from .._texts import identity_texts
 from ..errors import SerializationError
 from ..state import ErrorKind, ErrorRecord, SagaContext, SagaStatus, StepState, StepStatus
 from ._values import (
@@ -34,28 +36,12 @@ def _dt(value: datetime | None) -> str | None:
 
 
 _quote = encode_basestring_ascii  # a JSON string literal, as _ENCODER writes it (ASCII)
-_TIME_TEXTS: dict[int, tuple[datetime, str]] = {}
-
-
-def _time_json(value: datetime | None) -> str:
-    """``value`` as a JSON literal: its ISO 8601 text quoted (it holds nothing to escape),
-    or null. A saga writes the same instants again and again (``created_at``, ``deadline``,
-    one ``now`` in several fields): their text is kept, by object identity (the entry holds
-    the object, so its id is not reused while it is there)."""
-    if value is None:
-        return "null"
-    entry = _TIME_TEXTS.get(id(value))
-    if entry is not None and entry[0] is value:
-        return entry[1]
-    if len(_TIME_TEXTS) >= 4096:
-        _TIME_TEXTS.clear()
-    text = f'"{value.isoformat()}"'
-    _TIME_TEXTS[id(value)] = (value, text)
-    return text
-
-
-def _nullable(value: str | None) -> str:
-    return "null" if value is None else _quote(value)
+_time_json: Callable[[datetime | None], str] = identity_texts(
+    lambda value: "null" if value is None else f'"{value.isoformat()}"'
+)
+"""An instant as a JSON literal: its ISO 8601 text quoted (nothing in it to escape), or null.
+A saga writes the same instants again and again (``created_at``, ``deadline``, one ``now``
+in several fields): their text is kept."""
 
 
 def _encode_step(step: StepState) -> dict[str, Any]:
@@ -125,10 +111,6 @@ class StateChanges:
     when ``complete``)."""
     complete: bool
     """Whether ``steps`` holds every step record (the first such write of a context)."""
-
-    def document(self, step_texts: list[str]) -> str:
-        """The whole document, given every step record's JSON in order."""
-        return f"{self.head[:-2]}{','.join(step_texts)}]}}"
 
 
 def encode_changes(context: SagaContext[Any], *, complete: bool) -> StateChanges:

@@ -22,6 +22,7 @@ from typing import Any
 from uuid import UUID
 from zoneinfo import ZoneInfo
 
+from .._texts import identity_texts
 from ..errors import SerializationError
 
 MAX_DEPTH = 100
@@ -253,20 +254,8 @@ def _dict(value: dict[Any, Any], room: int) -> dict[str, Any]:
     return {"$dict": out} if escaped else out
 
 
-_UUID_TEXTS: dict[int, tuple[UUID, str]] = {}
-
-
-def _uuid_text(value: UUID) -> str:
-    """``str(value)``; a saga's ids are written at every transition, so their text is kept,
-    by object identity (the entry holds the object, so its id is not reused meanwhile)."""
-    entry = _UUID_TEXTS.get(id(value))
-    if entry is not None and entry[0] is value:
-        return entry[1]
-    if len(_UUID_TEXTS) >= 4096:
-        _UUID_TEXTS.clear()
-    text = str(value)
-    _UUID_TEXTS[id(value)] = (value, text)
-    return text
+_uuid_text: Callable[[UUID], str] = identity_texts(str)
+"""``str`` of a UUID; a saga's ids are written at every transition, so their text is kept."""
 
 
 _ENCODERS: dict[type, Callable[[Any, int], Any]] = {
