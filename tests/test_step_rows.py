@@ -9,10 +9,16 @@ process) resumes such a saga from its rows; a whole-document ``update`` takes th
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+from uuid import UUID
 
+import anyio
 import pytest
 
 from saga_orchestrator import BaseSaga, RetryPolicy, SagaOrchestrator, SagaStatus, SagaStep
@@ -29,6 +35,7 @@ from tests.sagas import TripData, TripSaga
 pytestmark = pytest.mark.anyio
 
 STEPS = INCREMENTAL_MIN_STEPS + 4
+ROOT = Path(__file__).resolve().parent.parent
 BROKEN: set[str] = set()  # steps whose compensation fails, while listed
 
 
@@ -232,3 +239,54 @@ async def test_a_worker_claims_a_long_saga_whole(postgres_schema: PostgresSchema
     assert len(claimed.steps) == STEPS
     assert encode_context(claimed) == encode_context(stored)
     assert [s.status.value for s in claimed.steps] == ["completed"] * STEPS
+
+
+async def test_a_long_saga_killed_mid_step_is_resumed_from_its_rows(
+    postgres_schema: PostgresSchema,
+) -> None:
+    """A process running a long saga is SIGKILLed in step ``s10``'s action, after ten
+    transitions written as step rows. Once its 1 s lease has run out, ``recover()`` in a new
+    repository object takes the saga over: its first write sends every record again, the
+    interrupted step runs again (it may have acted), and the saga completes; every write
+    reads back as the whole context encoded afresh."""
+    # Make the schema (migrations) before the child uses it.
+    async with postgres_schema.repository():
+        pass
+    child = subprocess.Popen(  # noqa: ASYNC220 - started once, before anything is awaited on it
+        [sys.executable, "-m", "tests.step_rows_child", postgres_schema.url, postgres_schema.name],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        saga_id = UUID(child.stdout.readline().strip())
+        assert child.stdout.readline().strip() == "ready"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        if child.stdout is not None:
+            child.stdout.close()
+    _, apart, rows, _ = row(postgres_schema, saga_id)
+    assert apart
+    assert rows == STEPS
+    with anyio.fail_after(10):
+        while not postgres_schema.query(  # noqa: ASYNC110 (the lease's expiry, polled)
+            "SELECT 1 FROM sagas WHERE saga_id = %s AND lease_expires_at < now()", (saga_id,)
+        ):
+            await anyio.sleep(0.05)
+
+    async with checked(postgres_schema) as repo:
+        orchestrator = SagaOrchestrator(repo)
+        orchestrator.register("long", LongSaga)
+        report = await orchestrator.recover()
+        assert [r.saga_id for r in report] == [saga_id]
+        assert report[0].status is SagaStatus.COMPLETED
+        assert report[0].data.done == [f"s{i:02d}" for i in range(STEPS)]
+        assert repo.complete_flags[0] is True
+        assert not any(repo.complete_flags[1:])
+    async with postgres_schema.repository() as other:
+        stored = await other.get(saga_id)
+    assert stored is not None
+    assert stored.steps[10].attempts == 2  # the killed attempt counts
+    assert all(s.status.value == "completed" for s in stored.steps)
