@@ -380,8 +380,9 @@ class PostgresScenario(EngineScenario):
         async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as conn:
             cursor = await conn.execute(
                 sql.SQL(
-                    "SELECT status, count(*), count(*) FILTER (WHERE lease_owner IS NOT NULL)"
-                    " FROM {} GROUP BY status"
+                    "SELECT status, count(*), count(*) FILTER (WHERE lease_owner IS NOT NULL"
+                    " AND status IN ('pending', 'running', 'compensating')) FROM {}"
+                    " GROUP BY status"
                 ).format(sql.Identifier(self.slug, "sagas"))
             )
             rows = await cursor.fetchall()

@@ -170,10 +170,22 @@ def postgres_bulk(url: str, schema: str, copies: int, progress: Callable[[str], 
     """Copy the schema's only saga ``copies`` times; return the last created_seq."""
     import psycopg
 
+    from saga_orchestrator.serialization import decode_context, encode_context
+
     with psycopg.connect(url, autocommit=True) as connection:
-        saga_id, correlation_id = connection.execute(
-            f"SELECT saga_id, correlation_id FROM {schema}.sagas"
+        saga_id, correlation_id, state, patches = connection.execute(
+            f"SELECT s.saga_id, s.correlation_id, s.state, ARRAY(SELECT j.patch FROM"
+            f" {schema}.saga_journal AS j WHERE j.saga_id = s.saga_id AND j.version >"
+            f" s.snapshot_version AND j.patch IS NOT NULL ORDER BY j.version)"
+            f" FROM {schema}.sagas AS s"
         ).fetchone()  # type: ignore[misc]
+        # The copies are whole documents: the template's journal is folded into its state.
+        context = decode_context(state, patches=patches)
+        connection.execute(
+            f"UPDATE {schema}.sagas SET state = %s, snapshot_version = version",
+            (encode_context(context),),
+        )
+        connection.execute(f"DELETE FROM {schema}.saga_journal")
         columns = [
             row[0]
             for row in connection.execute(
@@ -202,9 +214,9 @@ def postgres_bulk(url: str, schema: str, copies: int, progress: Callable[[str], 
             connection.execute(statement, {**params, "lo": lo, "hi": hi})  # type: ignore[arg-type]
             if copies > chunk:
                 progress(f"{hi + 1:,} rows")
-        connection.execute(f"DELETE FROM {schema}.saga_outbox")
+        connection.execute(f"DELETE FROM {schema}.saga_journal")
         connection.execute(f"VACUUM ANALYZE {schema}.sagas")
-        connection.execute(f"VACUUM ANALYZE {schema}.saga_outbox")
+        connection.execute(f"VACUUM ANALYZE {schema}.saga_journal")
         connection.execute("CHECKPOINT")
         row = connection.execute(f"SELECT max(created_seq) FROM {schema}.sagas").fetchone()
         assert row is not None
@@ -349,9 +361,9 @@ class Store:
                 _pg_execute(
                     self.url,
                     f"DELETE FROM {schema}.sagas WHERE created_seq > {int(self.fill_key)}",
-                    f"DELETE FROM {schema}.saga_outbox",
+                    f"DELETE FROM {schema}.saga_journal",
                     f"VACUUM {schema}.sagas",
-                    f"VACUUM {schema}.saga_outbox",
+                    f"VACUUM {schema}.saga_journal",
                 )
 
         await anyio.to_thread.run_sync(run)

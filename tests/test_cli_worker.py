@@ -83,7 +83,10 @@ async def test_worker_runs_submitted_sagas_and_stops_on_sigterm(
     assert process.returncode == 0, err
     assert "running payment, trip with 4 at once" in err
     assert "worker stopped: 20 claimed, 20 finished" in err
-    leased = postgres_schema.query("SELECT count(*) FROM sagas WHERE lease_owner IS NOT NULL")
+    leased = postgres_schema.query(
+        "SELECT count(*) FROM sagas WHERE lease_owner IS NOT NULL"
+        " AND status IN ('pending', 'running', 'compensating')"
+    )
     assert leased == [(0,)]
 
 

@@ -397,6 +397,8 @@ async def test_postgres_relay_does_not_skip_an_event_committed_out_of_id_order(
     import psycopg
     from psycopg import sql
 
+    from saga_orchestrator.adapters.postgres._outbox import encode_events
+
     async with postgres_schema.repository() as repository:
         late = SagaEvent(
             type=SagaEventType.SAGA_STARTED,
@@ -406,12 +408,21 @@ async def test_postgres_relay_does_not_skip_an_event_committed_out_of_id_order(
             occurred_at=datetime.now(UTC),
         )
         async with await psycopg.AsyncConnection.connect(postgres_schema.url) as slow:
-            # Takes an id now, commits at the end.
+            # Takes a journal id now, commits at the end (with its saga's row).
             await slow.execute(
-                sql.SQL("INSERT INTO {} (saga_id, sequence, event) VALUES (%s, 1, %s)").format(
-                    sql.Identifier(postgres_schema.name, "saga_outbox")
-                ),
-                (late.saga_id, encode_event(late)),
+                sql.SQL(
+                    "INSERT INTO {} (saga_id, saga_type, status, version, created_at,"
+                    " updated_at, state, snapshot_version) VALUES (%s, 'late', 'running', 1,"
+                    " now(), now(), %s, 1)"
+                ).format(sql.Identifier(postgres_schema.name, "sagas")),
+                (late.saga_id, "{}"),
+            )
+            await slow.execute(
+                sql.SQL(
+                    "INSERT INTO {} (saga_id, version, occurred_at, events, event_count)"
+                    " VALUES (%s, 1, %s, %s, 1)"
+                ).format(sql.Identifier(postgres_schema.name, "saga_journal")),
+                (late.saga_id, late.occurred_at, encode_events([late])),
             )
             emitted = await run_sagas(repository, count=3)
             publisher = RecordingPublisher()
@@ -420,9 +431,9 @@ async def test_postgres_relay_does_not_skip_an_event_committed_out_of_id_order(
             await slow.commit()
         assert await drain(relay) == 1
         assert publisher.accepted[-1] == late
-        ids = postgres_schema.query("SELECT id FROM saga_outbox ORDER BY id")
-        assert ids[0][0] < ids[1][0]  # the late event's id is the lowest
-        assert postgres_schema.query("SELECT count(*) FROM saga_outbox WHERE sent_at IS NULL") == [
+        ids = postgres_schema.query("SELECT saga_id FROM saga_journal ORDER BY id")
+        assert ids[0][0] == late.saga_id  # the late event's row id is the lowest
+        assert postgres_schema.query("SELECT count(*) FROM saga_journal WHERE sent_at IS NULL") == [
             (0,)
         ]
 
@@ -475,6 +486,75 @@ def test_an_event_is_written_as_the_json_encoder_would_and_reads_back(event: Sag
     assert decode_event(text) == dataclasses.replace(
         event, occurred_at=event.occurred_at.astimezone(UTC)
     )
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.fixed_dictionaries(
+            {
+                "type": st.sampled_from(SagaEventType),
+                "step": st.none() | _texts,
+                "attempt": st.none() | st.integers(0, 10**6),
+                "error": st.none() | _texts,
+                "will_retry": st.booleans(),
+                "duration_seconds": st.none() | st.floats(allow_nan=False, allow_infinity=False),
+                "derived": st.booleans(),
+                "later": st.booleans(),  # an instant apart from the transition's
+            }
+        ),
+        min_size=1,
+        max_size=5,
+    ),
+    st.uuids(),
+    st.none() | _texts,
+    st.integers(0, 2**40),
+)
+def test_a_transitions_events_are_stored_compact_and_read_back_equal(
+    items: list[dict[str, Any]], saga_id: UUID, correlation_id: str | None, first: int
+) -> None:
+    """PostgreSQL's journal keeps a transition's events compact (no saga id, type or
+    correlation id, one shared instant, no derived event id, no trailing defaults); they
+    read back equal to the events written, with the row's and the saga's fields."""
+    from saga_orchestrator.adapters.postgres._outbox import decode_events, encode_events
+    from saga_orchestrator.events import event_id_for
+
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    events = []
+    for offset, item in enumerate(items):
+        sequence = first + offset + 1
+        events.append(
+            SagaEvent(
+                type=item["type"],
+                saga_id=saga_id,
+                saga_type="order",
+                sequence=sequence,
+                occurred_at=at + timedelta(seconds=1) if item["later"] else at,
+                step=item["step"],
+                attempt=item["attempt"],
+                error=item["error"],
+                will_retry=item["will_retry"],
+                duration_seconds=item["duration_seconds"],
+                correlation_id=correlation_id,
+                event_id=event_id_for(saga_id, sequence) if item["derived"] else uuid4(),
+            )
+        )
+    text = encode_events(events)
+    row_at = events[0].occurred_at  # the journal row's occurred_at
+    if all(event.occurred_at == row_at for event in events):
+        assert str(saga_id) not in text
+        assert '"occurred_at"' not in text
+    assert decode_events(text, saga_id, "order", correlation_id, row_at) == events
+
+
+def test_an_event_id_is_derived_from_the_saga_and_the_sequence() -> None:
+    saga_id = UUID("00000000-0000-4000-8000-000000000001")
+    from saga_orchestrator.events import event_id_for
+
+    assert event_id_for(saga_id, 1) == event_id_for(saga_id, 1)
+    assert event_id_for(saga_id, 1).version == 5
+    ids = {event_id_for(s, n) for s in (saga_id, uuid4()) for n in range(1, 200)}
+    assert len(ids) == 2 * 199
 
 
 @pytest.mark.parametrize("duration", [math.nan, math.inf, -math.inf])

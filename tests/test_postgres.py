@@ -112,7 +112,7 @@ async def test_fresh_schema_gets_the_current_schema(postgres_schema: PostgresSch
         "lease_expires_at": "timestamp with time zone",
         "lease_epoch": "bigint",
         "run_after": "timestamp with time zone",
-        "steps_in_rows": "boolean",
+        "snapshot_version": "bigint",
     }
     indexes = {
         row[0]
@@ -130,7 +130,9 @@ async def test_fresh_schema_gets_the_current_schema(postgres_schema: PostgresSch
         "idempotency_keys_pkey",
         "saga_outbox_pkey",
         "saga_outbox_unsent",
-        "saga_steps_pkey",
+        "saga_journal_pkey",
+        "saga_journal_unsent",
+        "saga_journal_sent",
     } <= indexes
 
 

@@ -46,6 +46,7 @@ from saga_orchestrator import (
     SQLiteSagaRepository,
     StepStatus,
 )
+from saga_orchestrator.adapters._common import ACTIVE_STATUS_FILTER as ACTIVE
 from saga_orchestrator.adapters.postgres import PostgresSagaRepository
 from saga_orchestrator.serialization import encode_context
 from saga_orchestrator.state import SagaContext
@@ -158,14 +159,14 @@ class Db:
             (row[0], row[1])
             for row in await self.rows(
                 "SELECT saga_id, lease_owner FROM sagas WHERE lease_owner IS NOT NULL"
+                f" AND {ACTIVE}"  # a finished saga's lease columns mean nothing
             )
         ]
 
     async def events(self, saga_id: UUID) -> list[tuple[int, str, str | None]]:
         """The saga's outbox events: (sequence, type, step), in order."""
         rows = await self.rows(
-            "SELECT sequence, event::jsonb->>'type', event::jsonb->>'step' FROM saga_outbox"
-            " WHERE saga_id = %s ORDER BY id",
+            "SELECT sequence, type, step FROM saga_events WHERE saga_id = %s ORDER BY sequence",
             (saga_id,),
         )
         return [(row[0], row[1], row[2]) for row in rows]
@@ -910,8 +911,7 @@ async def test_three_worker_processes_run_300_sagas_each_once(
     assert [s["claimed"] for s in summaries] == [per_worker[c.owner] for c in children]
     assert all(per_worker[c.owner] > 0 for c in children), per_worker
     completed_events = await db.rows(
-        "SELECT saga_id, count(*) FROM saga_outbox"
-        " WHERE event::jsonb->>'type' = 'saga.completed' GROUP BY saga_id"
+        "SELECT saga_id, count(*) FROM saga_events WHERE type = 'saga.completed' GROUP BY saga_id"
     )
     assert len(completed_events) == total
     assert {n for _, n in completed_events} == {1}
@@ -1023,7 +1023,8 @@ async def test_sigterm_lets_running_steps_finish_parks_the_rest_and_releases_eve
 
 async def _unleased(db: Db, saga_ids: set[UUID]) -> bool:
     rows = await db.rows(
-        "SELECT count(*) FROM sagas WHERE saga_id = ANY(%s) AND lease_owner IS NULL",
+        f"SELECT count(*) FROM sagas WHERE saga_id = ANY(%s) AND (lease_owner IS NULL"
+        f" OR NOT {ACTIVE})",
         (list(saga_ids),),
     )
     return bool(rows[0][0] == len(saga_ids))
@@ -1162,11 +1163,11 @@ async def test_workers_ride_out_terminated_connections(
     assert worker_1.finished + worker_2.finished == total
     assert await db.leased() == []
     duplicated = await db.rows(
-        "SELECT saga_id, sequence FROM saga_outbox GROUP BY saga_id, sequence HAVING count(*) > 1"
+        "SELECT saga_id, sequence FROM saga_events GROUP BY saga_id, sequence HAVING count(*) > 1"
     )
     assert duplicated == []
     gaps = await db.rows(
-        "SELECT saga_id FROM saga_outbox GROUP BY saga_id HAVING max(sequence) <> count(*)"
+        "SELECT saga_id FROM saga_events GROUP BY saga_id HAVING max(sequence) <> count(*)"
     )
     assert gaps == []
 

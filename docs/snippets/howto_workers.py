@@ -66,8 +66,9 @@ async def serve(url: str, schema: str) -> None:
             process.send_signal(signal.SIGTERM)
         print("workers exited with:", [await process.wait() for process in workers])
     with psycopg.connect(url, autocommit=True) as connection:
-        leased = connection.execute(
+        leased = connection.execute(  # in flight and leased (a finished saga holds no lease)
             f'SELECT count(*) FROM "{schema}".sagas WHERE lease_owner IS NOT NULL'
+            " AND status IN ('pending', 'running', 'compensating')"
         ).fetchone()
         print("leases still held:", leased[0] if leased else None)
         connection.execute(f'DROP SCHEMA "{schema}" CASCADE')

@@ -10,9 +10,8 @@ from typing import Any
 
 from . import machine
 from .errors import MainModuleDataWarning
-from .events import SagaEvent, SagaEventType
+from .events import SagaEvent, SagaEventType, event_id_for
 from .protocols import (
-    INCREMENTAL_MIN_STEPS,
     Clock,
     EventPublisher,
     IncrementalSagaRepository,
@@ -61,13 +60,15 @@ class _Recording:
             or self._repository_stores_events
             or logger.isEnabledFor(logging.INFO)
         ):
+            saga_id = context.saga_id
             events = [
                 SagaEvent(
-                    saga_id=context.saga_id,
+                    saga_id=saga_id,
                     saga_type=context.saga_type,
                     correlation_id=context.correlation_id,
                     sequence=first_sequence + offset + 1,
                     occurred_at=now,
+                    event_id=event_id_for(saga_id, first_sequence + offset + 1),
                     **item,
                 )
                 for offset, item in enumerate(pending.events)
@@ -76,15 +77,13 @@ class _Recording:
         context.event_sequence = first_sequence + len(pending.events)
         try:
             changes: StateChanges | None = None
-            state = ""
-            if (
-                expected
-                and self._incremental is not None
-                and len(context.steps) >= INCREMENTAL_MIN_STEPS
-            ):
-                # The head and the touched step records only; every record the first time
-                # (or whenever what is stored is not known to be what this object wrote).
-                changes = encode_changes(context, complete=context._rows_version != expected)
+            if self._incremental is not None:
+                # A patch of what changed since the version this object last wrote; the whole
+                # document the first time (or whenever what is stored is not known to be that).
+                changes = encode_changes(
+                    context, baseline=expected != 0 and context._rows_version == expected
+                )
+                state = changes.document or ""
             else:
                 state = encode_transition(context)
             if _MAIN_MODULE_TYPES and not self._process_local:
@@ -100,7 +99,6 @@ class _Recording:
                 await self._incremental.update_changes(
                     context, changes, expected_version=expected, events=events
                 )
-                context._rows_version = context.version
             else:
                 await self.repository.update(
                     context, state, expected_version=expected, events=events
@@ -110,7 +108,11 @@ class _Recording:
             context.event_sequence = first_sequence
             context._step_json = None  # what is stored is unknown now: encode it all next time
             context._rows_version = None
+            context._data_texts = None
+            context._head_texts = None
             raise
+        if changes is not None:
+            context._rows_version = context.version
         await self._emit(events)
 
     async def _emit(self, events: Sequence[SagaEvent]) -> None:

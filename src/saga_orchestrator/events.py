@@ -8,13 +8,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
+from hashlib import sha1
 from json.encoder import encode_basestring_ascii
 from typing import Any
 from uuid import UUID, uuid4
 
 from ._texts import identity_texts
 
-__all__ = ["SagaEvent", "SagaEventType", "decode_event", "encode_event"]
+__all__ = ["SagaEvent", "SagaEventType", "decode_event", "encode_event", "event_id_for"]
 
 
 class SagaEventType(StrEnum):
@@ -72,7 +73,17 @@ class SagaEvent:
     correlation_id: str | None = None
     """The saga's business key, if any."""
     event_id: UUID = field(default_factory=uuid4)
-    """Stable identity for consumers to deduplicate redeliveries."""
+    """Stable identity for consumers to deduplicate redeliveries. The orchestrator's events
+    carry [`event_id_for`][saga_orchestrator.events.event_id_for]``(saga_id, sequence)``
+    (an event built without one gets a random UUID)."""
+
+
+def event_id_for(saga_id: UUID, sequence: int) -> UUID:
+    """The id of the saga's event at ``sequence``: a name-based UUID (version 5 layout) of the
+    SHA-1 of the saga id's 16 bytes and the sequence as 8 big-endian bytes. The same event
+    always has the same id, and no two events share one (a saga's sequences never repeat)."""
+    digest = sha1(saga_id.bytes + sequence.to_bytes(8, "big"), usedforsecurity=False).digest()
+    return UUID(bytes=digest[:16], version=5)
 
 
 def encode_event(event: SagaEvent) -> str:

@@ -22,7 +22,6 @@ from .serialization import StateChanges
 from .state import SagaContext, SagaStatus, SkippedSaga
 
 __all__ = [
-    "INCREMENTAL_MIN_STEPS",
     "Clock",
     "EventPublisher",
     "IdempotencyPurger",
@@ -150,20 +149,15 @@ class StrandingRecorder(Protocol):
         ...
 
 
-INCREMENTAL_MIN_STEPS = 16
-"""Sagas with at least this many steps are written through ``update_changes`` when the
-repository has it; smaller ones as whole documents (their data, not their steps, make most
-of a write)."""
-
-
 @runtime_checkable
 class IncrementalSagaRepository(SagaRepository, Protocol):
-    """Optional repository capability: a transition writes only what it changed, the
-    document's head and the step records it touched, so that its cost does not grow with the
-    number of steps (the PostgreSQL repository has it). The orchestrator uses it for sagas of
-    [`INCREMENTAL_MIN_STEPS`][saga_orchestrator.protocols.INCREMENTAL_MIN_STEPS] steps or
-    more; ``create`` and ``update`` still write whole documents, and ``get`` and the queries
-    return whole documents either way.
+    """Optional repository capability: a transition writes only what it changed, as a patch
+    appended to the saga's journal, so that its cost does not grow with the saga (the
+    PostgreSQL repository has it). ``create`` and ``update`` still write whole documents, and
+    ``get`` and the queries return whole contexts either way: the last whole document with the
+    patches written after it applied
+    ([`decode_context`][saga_orchestrator.serialization.decode_context]``(document,
+    patches=...)``).
     """
 
     async def update_changes(
@@ -174,12 +168,11 @@ class IncrementalSagaRepository(SagaRepository, Protocol):
         expected_version: int,
         events: Sequence[SagaEvent] = (),
     ) -> None:
-        """Like ``update``, with the document given as
+        """Like ``update``, with the write given as
         [`StateChanges`][saga_orchestrator.serialization.StateChanges]: store
-        ``changes.head`` and the step records in ``changes.steps`` (every one of them when
-        ``changes.complete``: the first such write of a context, after which the stored
-        records and the context agree). Raises ``SagaConflictError`` and writes nothing if
-        the stored version is not ``expected_version``."""
+        ``changes.document`` whole when it is set (the patches before it no longer count), else
+        append ``changes.patch`` after the stored version's. Raises ``SagaConflictError`` and
+        writes nothing if the stored version is not ``expected_version``."""
         ...
 
 

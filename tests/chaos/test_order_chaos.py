@@ -502,7 +502,7 @@ async def _check(
 
     # Events: each saga's outbox sequence is 1..n, no gap, no duplicate.
     cursor = await db.execute(
-        "SELECT count(*) FROM (SELECT saga_id FROM saga_outbox GROUP BY saga_id"
+        "SELECT count(*) FROM (SELECT saga_id FROM saga_events GROUP BY saga_id"
         " HAVING min(sequence) <> 1 OR max(sequence) <> count(*)"
         " OR count(DISTINCT sequence) <> count(*)) AS broken"
     )

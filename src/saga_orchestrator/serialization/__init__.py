@@ -34,13 +34,13 @@ from ._values import dumps
 from ._values import loads
 from ._documents import encode_context
 from ._documents import decode_context
-from ._documents import StateChanges
+from ._patches import StateChanges
 # isort: on
 
 # Not public: the orchestrator's incremental encoder and its warning about __main__ classes.
 from ._documents import FORMAT_VERSION as FORMAT_VERSION
-from ._documents import encode_changes as encode_changes
 from ._documents import encode_transition as encode_transition
+from ._patches import encode_changes as encode_changes
 from ._values import _MAIN_MODULE_TYPES as _MAIN_MODULE_TYPES
 from ._values import main_module_warning as main_module_warning
 from ._values import take_main_module_types as take_main_module_types

@@ -6,8 +6,7 @@ Documented, and imported, through [`saga_orchestrator.serialization`][].
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from json.encoder import encode_basestring_ascii
 from typing import Any
@@ -98,33 +97,6 @@ def encode_transition(context: SagaContext[Any]) -> str:
     return text
 
 
-@dataclass(frozen=True, slots=True)
-class StateChanges:
-    """What one transition changed, for a repository that stores step records apart
-    ([`IncrementalSagaRepository`][saga_orchestrator.protocols.IncrementalSagaRepository])."""
-
-    head: str
-    """The saga's document without its step records: every other field, ending in
-    ``"steps":[]}``."""
-    steps: dict[int, str]
-    """Step index to that step record's JSON: the records this write changes (every record
-    when ``complete``)."""
-    complete: bool
-    """Whether ``steps`` holds every step record (the first such write of a context)."""
-
-
-def encode_changes(context: SagaContext[Any], *, complete: bool) -> StateChanges:
-    """The transition's [`StateChanges`][]: the document's head and the step records it can
-    have touched (as for [`encode_transition`][]), or every record if ``complete``."""
-    texts, touched = _touched_step_texts(context)
-    context._step_json = None  # kept only once the head is built
-    head = _encode_document(context, [])
-    context._step_json = texts
-    context._step_json_at = context.current_step_index
-    indexes = range(len(texts)) if complete or touched is None else sorted(touched)
-    return StateChanges(head=head, steps={i: texts[i] for i in indexes}, complete=complete)
-
-
 def _touched_step_texts(context: SagaContext[Any]) -> tuple[list[str], set[int] | None]:
     """Every step record's JSON, re-encoding only those a transition can have touched; and
     those indexes (``None``: all were encoded afresh)."""
@@ -193,15 +165,19 @@ def _step_text(step: StepState) -> str:
     return "".join(parts)
 
 
-def _encode_document(context: SagaContext[Any], step_texts: list[str]) -> str:
+def _encode_document(
+    context: SagaContext[Any], step_texts: list[str], data_text: str | None = None
+) -> str:
     """The document, written directly (it is written at every transition): the same text as
     ``_ENCODER.encode`` of the dict ``_document_dict`` builds, with the steps after it
-    (tests/test_serialization.py checks that the two agree)."""
-    data = _encode_top(context.data, "data", _RECORD_DEPTH)
-    try:
-        data_text = _ENCODER.encode(data)
-    except ValueError:  # only to say where: the same call raises the error
-        data_text = _json(data, f"saga {context.saga_id}")
+    (tests/test_serialization.py checks that the two agree). ``data_text``: the data's JSON,
+    if already encoded."""
+    if data_text is None:
+        data = _encode_top(context.data, "data", _RECORD_DEPTH)
+        try:
+            data_text = _ENCODER.encode(data)
+        except ValueError:  # only to say where: the same call raises the error
+            data_text = _json(data, f"saga {context.saga_id}")
     extra = ""
     if context.saga_version != 1:  # absent for version 1 (and in older rows)
         extra = f',"saga_version":{context.saga_version}'
@@ -258,8 +234,15 @@ def _document_dict(context: SagaContext[Any]) -> dict[str, Any]:
 _MALFORMED = "stored saga state is malformed"
 
 
-def decode_context(text: str | bytes, *, keep_unknown_types: bool = False) -> SagaContext[Any]:
-    """Rebuild a context written by [`encode_context`][].
+def decode_context(
+    text: str | bytes,
+    *,
+    patches: Sequence[str | bytes] = (),
+    keep_unknown_types: bool = False,
+) -> SagaContext[Any]:
+    """Rebuild a context written by [`encode_context`][], with ``patches`` applied in order
+    (each a [`StateChanges.patch`][saga_orchestrator.serialization.StateChanges.patch]
+    written after it, oldest first).
 
     Raises [`SerializationError`][], and nothing else, for any text that is not such a
     document: not JSON, not an object, a field missing or of the wrong type, a status that does
@@ -274,6 +257,12 @@ def decode_context(text: str | bytes, *, keep_unknown_types: bool = False) -> Sa
     document = _parse(text, _MALFORMED)
     token = _KEEP_UNKNOWN.set(keep_unknown_types)
     try:
+        for number, patch in enumerate(patches):
+            try:
+                _apply_patch(document, _parse(patch, _MALFORMED))
+            except _Refused as exc:
+                exc.path.append(f"patch {number}")
+                raise
         return _decode_document(document)
     except _Refused as exc:
         raise SerializationError(
@@ -285,6 +274,33 @@ def decode_context(text: str | bytes, *, keep_unknown_types: bool = False) -> Sa
         ) from None
     finally:
         _KEEP_UNKNOWN.reset(token)
+
+
+def _apply_patch(document: Any, patch: Any) -> None:
+    """Apply one patch (see ``_patches``) to a parsed document, in place."""
+    if type(document) is not dict:
+        return  # refused by _decode_document
+    if type(patch) is not dict:
+        raise _Refused(f"a JSON {_json_type(patch)}, not an object")
+    document.update(_get(patch, "head", dict))
+    records = patch.get("steps")
+    if records is not None:
+        steps = _get(document, "steps", list)
+        for key, changes in _get(patch, "steps", dict).items():
+            if not (key.isdigit() and int(key) < len(steps)):
+                raise _Refused(f"step {key!r:.20} is outside the saga's {len(steps)} steps")
+            record = steps[int(key)]
+            if type(record) is not dict or type(changes) is not dict:
+                raise _Refused(f"step {key} is not a JSON object")
+            for name, value in changes.items():  # "=": the transition's instant
+                record[name] = document.get("updated_at") if value == "=" else value
+    if "data" in patch:
+        document["data"] = patch["data"]
+    elif "data_fields" in patch:
+        data = document.get("data")
+        if not (type(data) is dict and type(data.get("fields")) is dict):
+            raise _Refused("data_fields given for data that is not a dataclass")
+        data["fields"].update(_get(patch, "data_fields", dict))
 
 
 def _decode_document(document: Any) -> SagaContext[Any]:

@@ -26,15 +26,19 @@ from ._db import _Connection, _Database
 logger = logging.getLogger("saga_orchestrator")
 
 
-def document_expression(steps_table: sql.Composable) -> sql.Composed:
-    """SQL for the whole stored document of the ``sagas`` row aliased ``s``: its ``state``,
-    with the step records put back in, in order, when they are kept apart in ``steps_table``
-    (``steps_in_rows``; the state then ends in ``"steps":[]}``)."""
+def stored_columns(journal: sql.Composable) -> sql.Composed:
+    """SQL for the two columns a saga is read from, in the ``sagas`` row aliased ``s``: its
+    ``state`` (the document written whole at ``snapshot_version``) and the patches of its
+    journal written after that, in order."""
     return sql.SQL(
-        "CASE WHEN s.steps_in_rows THEN left(s.state, -2) || coalesce((SELECT"
-        " string_agg(t.record, ',' ORDER BY t.idx) FROM {} AS t WHERE t.saga_id = s.saga_id),"
-        " '') || ']}}' ELSE s.state END"
-    ).format(steps_table)
+        "s.state, ARRAY(SELECT j.patch FROM {} AS j WHERE j.saga_id = s.saga_id"
+        " AND j.version > s.snapshot_version AND j.patch IS NOT NULL ORDER BY j.version)"
+    ).format(journal)
+
+
+def decode_stored(state: str, patches: list[str] | None) -> SagaContext[Any]:
+    """The context of a row read with ``stored_columns``."""
+    return decode_context(state, patches=patches or ())
 
 
 @dataclass(slots=True, eq=False)
@@ -212,7 +216,7 @@ class _LeaseHolder:
             " AND (run_after IS NULL OR run_after <= now()){}"
             " ORDER BY run_after NULLS FIRST, created_seq LIMIT %s FOR UPDATE SKIP LOCKED)"
             " AS due WHERE s.saga_id = due.saga_id RETURNING s.saga_id, s.lease_epoch, {}"
-        ).format(table, table, types, document_expression(self._db.table("saga_steps")))
+        ).format(table, table, types, stored_columns(self._db.table("saga_journal")))
         params: list[Any] = [self.owner, self.lease_seconds]
         if saga_types is not None:
             params.append(list(saga_types))
@@ -225,10 +229,10 @@ class _LeaseHolder:
             return rows
 
         claimed: list[SagaContext[Any]] = []
-        for saga_id, epoch, state in await self._db.read(fn):
+        for saga_id, epoch, state, patches in await self._db.read(fn):
             self._hold(saga_id, epoch, self._local_deadline(sent_at))
             try:
-                claimed.append(decode_context(state))
+                claimed.append(decode_stored(state, patches))
             except Exception as exc:
                 logger.exception(
                     "saga.claim.undecodable: saga %s is put back for a minute",

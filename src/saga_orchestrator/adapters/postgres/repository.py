@@ -13,15 +13,15 @@ import psycopg
 from psycopg import sql
 
 from ...errors import SagaAlreadyExistsError, SagaConflictError, SagaLeaseError
-from ...events import SagaEvent, encode_event
+from ...events import SagaEvent
 from ...machine import wake_at
-from ...serialization import StateChanges, decode_context
+from ...serialization import StateChanges
 from ...state import ACTIVE_STATUSES, SagaContext, SagaStatus, SkippedSaga
-from .._common import selection, status_values
+from .._common import ACTIVE_STATUS_FILTER, selection, status_values
 from ._db import _Connection, _PostgresBase
-from ._leases import _default_owner, _Lease, _LeaseHolder, document_expression
+from ._leases import _default_owner, _Lease, _LeaseHolder, decode_stored, stored_columns
 from ._notify import _Notifications, _Notifier
-from ._outbox import _OutboxReader
+from ._outbox import _OutboxReader, encode_events
 
 logger = logging.getLogger("saga_orchestrator")
 
@@ -139,56 +139,63 @@ class PostgresSagaRepository(_LeaseHolder, _Notifications, _OutboxReader, _Postg
         self._heartbeat_seconds = self.lease_seconds / 3
         self._margin = min(self.lease_seconds / 4, 2.0)
         self._leases: dict[UUID, _Lease] = {}
-        self._statements: dict[tuple[str, int, bool], str] = {}
+        self._statements: dict[tuple[str, bool, bool, bool], str] = {}
         self._heartbeat: asyncio.Task[None] | None = None
         self._notifier: _Notifier | None = None
         self._relay_connection: _Connection | None = None
         self._relay_lock_held = False
+        self._legacy_unsent = True
         self.leases_lost = 0
         """Leases this object found taken over (or expired) while it held them."""
 
     # ------------------------------------------------------------------ writes
 
+    def _journal_row(
+        self, context: SagaContext[Any], patch: str | None, events: Sequence[SagaEvent]
+    ) -> tuple[Any, ...] | None:
+        """The transition's journal row (saga id, version, patch, occurred_at, events, their
+        count, sent): for a patch, and for events when they go to the outbox."""
+        stored = events if self.stores_events else ()
+        if patch is None and not stored:
+            return None
+        at = stored[0].occurred_at if stored else None
+        text = encode_events(stored) if stored else None
+        return (context.saga_id, context.version, patch, at, text, len(stored), not stored)
+
     def _write_statement(
         self,
         write: str,
         write_params: Sequence[Any],
-        events: Sequence[SagaEvent],
+        journal: tuple[Any, ...] | None,
         notify: tuple[str, str] | None,
-        steps: tuple[UUID, list[int], list[str]] | None = None,
+        prune: tuple[UUID, int] | None = None,
     ) -> tuple[str, tuple[Any, ...]]:
-        """One statement: the row's write (``RETURNING lease_epoch``), the step records kept
-        apart (``steps``: saga id, indexes, records) and its events into the outbox, both only
-        if the row was written, and a notification only then too. A statement alone is a
-        transaction, so a write alone in its batch costs one round trip."""
-        with_events = len(events) if self.stores_events else 0
-        key = (write + ("+steps" if steps is not None else ""), with_events, notify is not None)
+        """One statement: the row's write (``RETURNING lease_epoch``), the transition's
+        journal row (``journal``), and the deletion of the journal rows a whole document makes
+        useless (``prune``: saga id and version; those already sent), each only if the row was
+        written, and a notification only then too. A statement alone is a transaction, so a
+        write alone in its batch costs one round trip."""
+        key = (write, journal is not None, prune is not None, notify is not None)
         query = self._statements.get(key)
         if query is None:
             parts: list[sql.Composable] = [
                 sql.SQL("WITH w AS ("),
                 sql.SQL(write).format(self._db.table("sagas")),
             ]
-            if steps is not None:
+            if journal is not None:
                 parts.append(
                     sql.SQL(
-                        "), st AS (INSERT INTO {} (saga_id, idx, record) SELECT %s, u.i, u.r"
-                        " FROM unnest(%s::integer[], %s::text[]) AS u(i, r)"
-                        " WHERE EXISTS (SELECT 1 FROM w)"
-                        " ON CONFLICT (saga_id, idx) DO UPDATE SET record = EXCLUDED.record"
-                    ).format(self._db.table("saga_steps"))
+                        "), j AS (INSERT INTO {} (saga_id, version, patch, occurred_at, events,"
+                        " event_count, sent_at) SELECT %s, %s, %s, %s, %s, %s,"
+                        " CASE WHEN %s THEN now() END WHERE EXISTS (SELECT 1 FROM w)"
+                    ).format(self._db.table("saga_journal"))
                 )
-            if with_events:
-                # One row of parameters per event (a transition has 1 to 3): text parameters
-                # go as they are, where a text[] parameter would be escaped quote by quote.
-                rows = sql.SQL(", ").join(
-                    sql.SQL("(%s::uuid, %s::integer, %s::text)") for _ in range(with_events)
-                )
+            if prune is not None:
                 parts.append(
                     sql.SQL(
-                        "), o AS (INSERT INTO {} (saga_id, sequence, event) SELECT e.* FROM"
-                        " (VALUES {}) AS e WHERE EXISTS (SELECT 1 FROM w)"
-                    ).format(self._db.table("saga_outbox"), rows)
+                        "), d AS (DELETE FROM {} WHERE saga_id = %s AND version < %s"
+                        " AND sent_at IS NOT NULL AND EXISTS (SELECT 1 FROM w)"
+                    ).format(self._db.table("saga_journal"))
                 )
             if notify is not None:
                 parts.append(sql.SQL(") SELECT lease_epoch, pg_notify(%s, %s) FROM w"))
@@ -197,11 +204,10 @@ class PostgresSagaRepository(_LeaseHolder, _Notifications, _OutboxReader, _Postg
             # Built once per shape: the same text each time also lets psycopg prepare it.
             query = self._statements[key] = sql.Composed(parts).as_string(None)
         params: list[Any] = list(write_params)
-        if steps is not None:
-            params += steps
-        if with_events:
-            for event in events:
-                params += [event.saga_id, event.sequence, encode_event(event)]
+        if journal is not None:
+            params += journal
+        if prune is not None:
+            params += prune
         if notify is not None:
             params += notify
         return query, tuple(params)
@@ -223,8 +229,8 @@ class PostgresSagaRepository(_LeaseHolder, _Notifications, _OutboxReader, _Postg
         insert = (
             "INSERT INTO {} (saga_id, saga_type, correlation_id, status, version,"
             " created_at, updated_at, state, run_after, lease_owner, lease_expires_at,"
-            " lease_epoch) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
-            " CASE WHEN %s THEN clock_timestamp() + %s * interval '1 second' END, %s)"
+            " lease_epoch, snapshot_version) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
+            " CASE WHEN %s THEN clock_timestamp() + %s * interval '1 second' END, %s, %s)"
             " ON CONFLICT (saga_id) DO NOTHING RETURNING lease_epoch"
         )
         values = (
@@ -241,9 +247,12 @@ class PostgresSagaRepository(_LeaseHolder, _Notifications, _OutboxReader, _Postg
             owner is not None,
             self.lease_seconds,
             1 if owner is not None else 0,
+            context.version,
         )
         notify = None if owner is not None else (self._channel("ready"), "")
-        statement = self._write_statement(insert, values, events, notify)
+        statement = self._write_statement(
+            insert, values, self._journal_row(context, None, events), notify
+        )
         saga_id = context.saga_id
 
         async def on_row(row: Any, connection: _Connection) -> None:
@@ -264,14 +273,14 @@ class PostgresSagaRepository(_LeaseHolder, _Notifications, _OutboxReader, _Postg
             self._hold(saga_id, 1, self._local_deadline(sent_at))
 
     def _verifier(self, saga_id: UUID, version: int) -> Callable[[_Connection], Awaitable[bool]]:
-        query = self._statements.get(("verify", 0, False))
+        query = self._statements.get(("verify", False, False, False))
         if query is None:
             query = (
                 sql.SQL("SELECT version, lease_owner FROM {} WHERE saga_id = %s")
                 .format(self._db.table("sagas"))
                 .as_string(None)
             )
-            self._statements[("verify", 0, False)] = query
+            self._statements[("verify", False, False, False)] = query
 
         async def verify(connection: _Connection) -> bool:
             cursor = await connection.execute(query, (saga_id,))
@@ -293,7 +302,9 @@ class PostgresSagaRepository(_LeaseHolder, _Notifications, _OutboxReader, _Postg
 
         Raises ``SagaConflictError`` (a version mismatch) or ``SagaLeaseError`` (another
         process holds the lease, or took it over), and writes nothing, otherwise. A terminal
-        status releases the lease.
+        status ends the lease: the saga is no longer held by this object, and its
+        ``lease_owner`` and ``lease_expires_at`` no longer mean anything (a write keeps them
+        as they were, so that PostgreSQL logs only what changed).
         """
         await self._update(context, state, None, expected_version, events)
 
@@ -305,44 +316,36 @@ class PostgresSagaRepository(_LeaseHolder, _Notifications, _OutboxReader, _Postg
         expected_version: int,
         events: Sequence[SagaEvent] = (),
     ) -> None:
-        """``update``, writing the document's head to the row and the step records in
-        ``changes.steps`` to ``saga_steps`` (upserted, in the same statement): the
-        incremental path the orchestrator takes for sagas of many steps. Reads put the
-        document back together."""
-        indexes = list(changes.steps)
-        steps = (context.saga_id, indexes, [changes.steps[i] for i in indexes])
-        await self._update(context, changes.head, steps, expected_version, events)
+        """``update``, with the write given as what changed: a whole document is written as
+        by ``update``; a patch is appended to the saga's journal (``saga_journal``), in the
+        same statement as the row's new status, version and timer, which leaves ``state``
+        alone. Reads apply the patches written after the last whole document."""
+        await self._update(context, changes.document, changes.patch, expected_version, events)
 
     async def _update(
         self,
         context: SagaContext[Any],
-        state: str,
-        steps: tuple[UUID, list[int], list[str]] | None,
+        state: str | None,
+        patch: str | None,
         expected_version: int,
         events: Sequence[SagaEvent],
     ) -> None:
         saga_id = context.saga_id
         held = self._leases.get(saga_id)
         release = context.is_terminal
-        apart = "true" if steps is not None else "false"  # where the step records are
-        common = (
-            f"status = %s, version = %s, updated_at = %s, state = %s, steps_in_rows = {apart},"
-            " run_after = %s,"
-            " lease_owner = CASE WHEN %s THEN NULL ELSE %s END,"
-            " lease_expires_at = CASE WHEN %s THEN NULL"
-            " ELSE clock_timestamp() + %s * interval '1 second' END"
-        )
-        values = (
+        # The columns before `state` first: a patch leaves `state` and what follows it as it
+        # was, and the lease columns too while this object holds the lease (the heartbeat
+        # renews it), so that the new row version shares them with the old one.
+        common = "status = %s, version = %s, updated_at = %s, run_after = %s"
+        values: tuple[Any, ...] = (
             context.status.value,
             context.version,
             context.updated_at or datetime.now(UTC),
-            state,
             _run_after(context),
-            release,
-            self.owner,
-            release,
-            self.lease_seconds,
         )
+        if state is not None:
+            common += ", state = %s, snapshot_version = %s"
+            values += (state, context.version)
         if held is not None:
             write = (
                 "UPDATE {} SET " + common + " WHERE saga_id = %s AND version = %s"
@@ -351,13 +354,29 @@ class PostgresSagaRepository(_LeaseHolder, _Notifications, _OutboxReader, _Postg
             params: tuple[Any, ...] = (*values, saga_id, expected_version, self.owner, held.epoch)
         else:
             write = (
-                "UPDATE {} SET " + common + ", lease_epoch = lease_epoch + 1"
+                "UPDATE {} SET " + common + ", lease_owner = CASE WHEN %s THEN NULL ELSE %s END,"
+                " lease_expires_at = CASE WHEN %s THEN NULL"
+                " ELSE clock_timestamp() + %s * interval '1 second' END,"
+                " lease_epoch = lease_epoch + 1"
                 " WHERE saga_id = %s AND version = %s AND (lease_owner IS NULL"
-                " OR lease_owner = %s OR lease_expires_at < now()) RETURNING lease_epoch"
+                f" OR lease_owner = %s OR lease_expires_at < now() OR NOT {ACTIVE_STATUS_FILTER})"
+                " RETURNING lease_epoch"
             )
-            params = (*values, saga_id, expected_version, self.owner)
+            params = (
+                *values,
+                release,
+                self.owner,
+                release,
+                self.lease_seconds,
+                saga_id,
+                expected_version,
+                self.owner,
+            )
         notify = (self._channel("done"), str(saga_id)) if release else None
-        statement = self._write_statement(write, params, events, notify, steps)
+        prune = (saga_id, context.version) if state is not None else None
+        statement = self._write_statement(
+            write, params, self._journal_row(context, patch, events), notify, prune
+        )
 
         async def on_row(row: Any, connection: _Connection) -> int:
             if row is None:
@@ -379,7 +398,7 @@ class PostgresSagaRepository(_LeaseHolder, _Notifications, _OutboxReader, _Postg
         if release:
             self._leases.pop(saga_id, None)
         elif held is not None:
-            held.extend(self._local_deadline(sent_at))
+            pass  # the heartbeat renews the lease
         elif isinstance(epoch, int):
             self._hold(saga_id, epoch, self._local_deadline(sent_at))
         else:  # committed, found so after a lost connection: the epoch is read back
@@ -429,7 +448,7 @@ class PostgresSagaRepository(_LeaseHolder, _Notifications, _OutboxReader, _Postg
             ),
             (saga_id,),
         )
-        return decode_context(row[0]) if row is not None else None
+        return decode_stored(row[0], row[1]) if row is not None else None
 
     async def get_by_correlation_id(self, correlation_id: str) -> SagaContext[Any] | None:
         """The most recently created saga with this correlation id, or ``None``."""
@@ -440,7 +459,7 @@ class PostgresSagaRepository(_LeaseHolder, _Notifications, _OutboxReader, _Postg
             ).format(self._document, self._db.table("sagas")),
             (correlation_id,),
         )
-        return decode_context(row[0]) if row is not None else None
+        return decode_stored(row[0], row[1]) if row is not None else None
 
     async def list_sagas(
         self,
@@ -454,7 +473,7 @@ class PostgresSagaRepository(_LeaseHolder, _Notifications, _OutboxReader, _Postg
             return []
         clauses, params = _selection(statuses, saga_type)
         rows = await self._db.fetchall(self._select(self._document, clauses), [*params, int(limit)])
-        return [decode_context(row[0]) for row in rows]
+        return [decode_stored(row[0], row[1]) for row in rows]
 
     async def list_saga_ids(
         self,
@@ -482,9 +501,9 @@ class PostgresSagaRepository(_LeaseHolder, _Notifications, _OutboxReader, _Postg
 
     @property
     def _document(self) -> sql.Composed:
-        """The whole stored document of the row ``s``: its ``state``, with the step records
-        put back in when they are kept apart (``steps_in_rows``)."""
-        return document_expression(self._db.table("saga_steps"))
+        """The stored saga of the row ``s``: its last whole document and the patches after
+        it (``decode_stored``)."""
+        return stored_columns(self._db.table("saga_journal"))
 
     async def count_by_status(
         self, statuses: Collection[SagaStatus]

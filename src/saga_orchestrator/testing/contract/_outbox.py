@@ -342,14 +342,23 @@ class OutboxContract:
         self, outbox_repository: _OutboxRepository
     ) -> None:
         """Optional (``purge_sent_before``): sent events older than the cutoff are deleted,
-        unsent ones never, however old."""
+        unsent ones never, however old. (Each event here is its own transition's: a store may
+        keep a transition's events together, and purge them once all of them were sent.)"""
         purge = getattr(outbox_repository, "purge_sent_before", None)
         if purge is None:
             pytest.skip(f"optional: {type(outbox_repository).__name__} has no purge_sent_before")
         repo = outbox_repository
         context = _context()
         events = [_event(context, sequence) for sequence in (1, 2, 3)]
-        await repo.create(context, encode_context(context), events)
+        await repo.create(context, encode_context(context), events[:1])
+        for version in (2, 3):
+            context.version = version
+            await repo.update(
+                context,
+                encode_context(context),
+                expected_version=version - 1,
+                events=events[version - 1 : version],
+            )
         before_marking = datetime.now(UTC) - timedelta(seconds=1)
         ids = [outbox_id for outbox_id, _ in await repo.fetch_unsent(10)]
         await repo.mark_sent(ids[:2])

@@ -12,14 +12,13 @@ import pytest
 
 from ...errors import SagaAlreadyExistsError, SagaConflictError
 from ...protocols import (
-    INCREMENTAL_MIN_STEPS,
     IncrementalSagaRepository,
     SagaIdLister,
     SagaRepository,
     SagaStatusCounter,
     StrandingRecorder,
 )
-from ...serialization import encode_changes, encode_context, encode_transition
+from ...serialization import encode_changes, encode_context
 from ...serialization._documents import _document_dict
 from ...serialization._values import _ENCODER
 from ...state import SagaContext, SagaStatus, SkippedSaga, StepState, StepStatus
@@ -364,15 +363,19 @@ class SagaRepositoryContract:
     async def test_incremental_writes_read_back_whole(
         self, saga_repository: SagaRepository
     ) -> None:
-        """Optional (``IncrementalSagaRepository``): a saga of many steps written as its
-        changes (every step record first, then only those a transition touched) reads back as
-        the whole document, by ``get``, ``list_sagas`` and ``get_by_correlation_id``; a stale
-        version conflicts and writes nothing; a whole-document ``update`` replaces it all."""
+        """Optional (``IncrementalSagaRepository``): a saga written as patches (after a whole
+        document) reads back whole after every write, by ``get``, ``list_sagas`` and
+        ``get_by_correlation_id``; a stale version conflicts and writes nothing; a whole
+        document, by ``update`` or ``update_changes``, replaces what came before, and patches
+        after it apply to it."""
         _require(saga_repository, IncrementalSagaRepository, "update_changes")
         incremental = cast(IncrementalSagaRepository, saga_repository)
         context = _context(correlation_id="incremental")
-        context.steps = [StepState(f"s{i:02d}") for i in range(INCREMENTAL_MIN_STEPS + 2)]
-        await saga_repository.create(context, encode_transition(context))
+        context.steps = [StepState(f"s{i:02d}") for i in range(18)]
+        first = encode_changes(context, baseline=False)
+        assert first.document is not None
+        assert first.patch is None
+        await saga_repository.create(context, first.document)
 
         async def reads_back() -> None:
             whole = _ENCODER.encode(_document_dict(context))  # no shortcut, no cache
@@ -383,27 +386,28 @@ class SagaRepositoryContract:
                 assert got is not None
                 assert encode_context(got) == whole
 
+        async def patch(expected: int) -> None:
+            changes = encode_changes(context, baseline=True)
+            assert changes.document is None
+            assert changes.patch is not None
+            await incremental.update_changes(context, changes, expected_version=expected)
+            await reads_back()
+
+        await reads_back()
         context.version = 2
         _start_step(context, 0)
-        everything = encode_changes(context, complete=True)
-        assert sorted(everything.steps) == list(range(len(context.steps)))
-        await incremental.update_changes(context, everything, expected_version=1)
-        await reads_back()
-
+        await patch(1)
         context.version = 3
         context.steps[0] = dataclasses.replace(
             context.steps[0], status=StepStatus.COMPLETED, completed_at=utc(2)
         )
         _start_step(context, 1)
-        touched = encode_changes(context, complete=False)
-        assert sorted(touched.steps) == [0, 1]
-        await incremental.update_changes(context, touched, expected_version=2)
-        await reads_back()
+        await patch(2)
 
         stale = dataclasses.replace(context, version=4, error="stale")
         with pytest.raises(SagaConflictError):
             await incremental.update_changes(
-                stale, encode_changes(stale, complete=True), expected_version=1
+                stale, encode_changes(stale, baseline=False), expected_version=1
             )
         await reads_back()
 
@@ -411,6 +415,17 @@ class SagaRepositoryContract:
         context.error = "written whole"
         await saga_repository.update(context, encode_context(context), expected_version=3)
         await reads_back()
+        context.version = 5
+        context.error = None
+        whole = encode_changes(context, baseline=False)
+        assert whole.document is not None
+        await incremental.update_changes(context, whole, expected_version=4)
+        await reads_back()
+        context.version = 6
+        context.steps[1] = dataclasses.replace(
+            context.steps[1], status=StepStatus.COMPLETED, completed_at=utc(3)
+        )
+        await patch(5)
 
     async def test_writes_are_shared_with_another_instance(
         self,

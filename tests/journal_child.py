@@ -1,11 +1,11 @@
-"""Child process of ``tests/test_step_rows.py``: runs one long saga on PostgreSQL until its
+"""Child process of ``tests/test_journal.py``: runs one long saga on PostgreSQL until its
 step ``s10`` is under way, says so, and waits there for the parent's SIGKILL.
 
-    python -m tests.step_rows_child URL SCHEMA
+    python -m tests.journal_child URL SCHEMA
 
-It prints the saga's id, then ``ready`` once step ``s10``'s action has started (its earlier
-steps were written through ``update_changes``, as step rows). Leases last 1 s, so that the
-parent can take the saga over soon after the kill.
+It prints the saga's id, then ``ready`` once step ``s10``'s action has started (the
+transitions before it were written through ``update_changes``, as journal patches). Leases
+last 1 s, so that the parent can take the saga over soon after the kill.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import anyio
 
 from saga_orchestrator import SagaOrchestrator
 from saga_orchestrator.adapters.postgres import PostgresSagaRepository
-from tests.test_step_rows import LongData, LongSaga
+from tests.test_journal import BIG, LongData, LongSaga
 
 
 class BlockingLongSaga(LongSaga):
@@ -38,7 +38,7 @@ class BlockingLongSaga(LongSaga):
 
 async def main(url: str, schema: str) -> None:
     async with PostgresSagaRepository(url, schema=schema, lease_seconds=1.0) as repo:
-        saga = BlockingLongSaga(LongData())
+        saga = BlockingLongSaga(LongData(payload=BIG))
         print(saga.context.saga_id, flush=True)
         await SagaOrchestrator(repo).execute(saga)
 
