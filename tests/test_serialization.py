@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from saga_orchestrator.serialization import (
     decode_context,
     decode_value,
     dumps,
+    encode_changes,
     encode_context,
     encode_value,
     loads,
@@ -747,3 +749,128 @@ def test_each_step_record_shape_is_written_as_the_encoder_would(step: StepState)
     """The forward path's shapes (not run, running, completed) have a shortcut; it and the
     field-by-field writer both give the JSON encoder's text of the record."""
     assert _step_text(step) == _ENCODER.encode(_encode_step(step))
+
+
+@dataclass
+class PatchedData:
+    """Dataclass data for the patch tests: a patch carries only the fields that changed."""
+
+    order: int = 0
+    note: str = ""
+    tags: list[str] = field(default_factory=list)
+
+
+_patch_data = st.builds(PatchedData, st.integers(), _texts, st.lists(_texts, max_size=2))
+
+
+@settings(max_examples=300, deadline=None)
+@given(_contexts(), _contexts(), st.none() | st.tuples(_patch_data, _patch_data), st.data())
+def test_a_patch_applied_to_the_previous_document_gives_the_next(
+    before: SagaContext[Any],
+    after: SagaContext[Any],
+    data: tuple[PatchedData, PatchedData] | None,
+    draw: st.DataObject,
+) -> None:
+    """``encode_changes`` after a whole write gives a patch of what changed (whatever changed
+    in the head and the data, and in the step records a transition may touch: the one the
+    saga was at, and the one it is at); ``decode_context(document, patches=[patch])`` is then
+    exactly the new context."""
+    context = before
+    if data is not None:
+        context.data = data[0]
+    first = encode_changes(context, baseline=False)
+    assert first.document == encode_context(context)
+    assert first.patch is None
+    # The transition: every head field and the data may change, and the records at the old
+    # and the new current index.
+    old_index = context.current_step_index
+    if context.steps:
+        context.current_step_index = draw.draw(st.integers(0, len(context.steps) - 1))
+    for index in {old_index, context.current_step_index}:
+        if index < len(after.steps) and index < len(context.steps):
+            context.steps[index] = StepState(
+                context.steps[index].name,
+                after.steps[index].status,
+                after.steps[index].attempts,
+                after.steps[index].error,
+                started_at=after.steps[index].started_at,
+                completed_at=after.steps[index].completed_at,
+                compensated_at=after.steps[index].compensated_at,
+            )
+    context.status = after.status
+    context.error = after.error
+    context.updated_at = after.updated_at
+    context.deadline = after.deadline
+    context.version = after.version
+    context.event_sequence = after.event_sequence
+    context.error_history = after.error_history
+    context.saga_version = after.saga_version
+    context.data = data[1] if data is not None else after.data
+    changes = encode_changes(context, baseline=True)
+    assert first.document is not None
+    if changes.patch is None:  # past the budget: whole again
+        assert changes.document == encode_context(context)
+        return
+    assert changes.document is None
+    rebuilt = decode_context(first.document, patches=[changes.patch])
+    assert encode_context(rebuilt) == _ENCODER.encode(_document_dict(context))
+
+
+def test_a_patch_names_only_what_changed() -> None:
+    """The fields that did not change are not in the patch; an instant that is the
+    transition's own is written "="; a field back at its default is written explicitly."""
+    context = SagaContext(
+        saga_id=UUID(int=1),
+        saga_type="order",
+        data=PatchedData(order=1, note="n"),
+        steps=[StepState("a", StepStatus.RUNNING, 1, started_at=_T0), StepState("b")],
+        status=SagaStatus.RUNNING,
+        created_at=_T0,
+        updated_at=_T0,
+        version=1,
+    )
+    assert encode_changes(context, baseline=False).document is not None
+    later = _T0 + timedelta(seconds=1)
+    context.steps[0] = StepState("a", StepStatus.COMPLETED, 1, started_at=_T0, completed_at=later)
+    context.steps[1] = StepState("b", StepStatus.RUNNING, 1, started_at=later)
+    context.current_step_index = 1
+    context.updated_at = later
+    context.version = 2
+    context.data = PatchedData(order=1, note="changed")
+    patch = encode_changes(context, baseline=True).patch
+    assert patch is not None
+    assert json.loads(patch) == {
+        "head": {"current_step_index": 1, "updated_at": later.isoformat(), "version": 2},
+        "steps": {
+            "0": {"status": "completed", "completed_at": "="},
+            "1": {"status": "running", "attempts": 1, "started_at": "="},
+        },
+        "data_fields": {"note": "changed"},
+    }
+    context.steps[1] = StepState("b")  # back to a step that never ran
+    context.version = 3
+    patch = encode_changes(context, baseline=True).patch
+    assert patch is not None
+    assert json.loads(patch)["steps"] == {
+        "1": {"status": "pending", "attempts": 0, "started_at": None}
+    }
+
+
+@pytest.mark.parametrize(
+    ("patch", "message"),
+    [
+        ("[]", "patch 0: a JSON array, not an object"),
+        ('{"steps": {}}', "patch 0: field 'head' is missing"),
+        ('{"head": {}, "steps": {"9": {}}}', "step '9' is outside the saga's 1 steps"),
+        ('{"head": {}, "steps": {"0": 1}}', "step 0 is not a JSON object"),
+        ('{"head": {}, "data_fields": {"x": 1}}', "data_fields given for data that is not"),
+        ('{"head": {"status": "lost"}}', "status 'lost' is none of"),
+        ("not json", "not valid JSON"),
+    ],
+)
+def test_a_malformed_patch_is_a_serialization_error(patch: str, message: str) -> None:
+    context = SagaContext(
+        saga_id=UUID(int=1), saga_type="order", data={"a": 1}, steps=[StepState("a")]
+    )
+    with pytest.raises(SerializationError, match=re.escape(message)):
+        decode_context(encode_context(context), patches=[patch])
