@@ -431,3 +431,82 @@ async def test_the_outbox_reads_the_journal_rows_events(postgres_schema: Postgre
         "SELECT count(*) FROM saga_journal WHERE sent_at IS NULL"
     )
     assert unsent_rows == 0
+
+
+async def test_step_rows_of_0004_are_folded_back_by_0005(postgres_schema: PostgresSchema) -> None:
+    """A schema at migration 0004 holding a long saga whose step records are rows of
+    ``saga_steps`` (``steps_in_rows``) and a short one in one document: after 0005 both read
+    back whole, the step table and column are gone, and the long saga runs on."""
+    import psycopg
+    from psycopg import sql
+
+    from saga_orchestrator.adapters._common import migration_files
+
+    long_saga = LongSaga(LongData())
+    short = TripSaga(TripData())
+    for saga in (long_saga, short):  # stored, not started
+        saga.context.version = 1
+        saga.context.status = SagaStatus.RUNNING
+    whole = encode_context(long_saga.context)
+    head = whole[: whole.index('"steps":[') + len('"steps":[')] + "]}"
+    records = json.loads(whole)["steps"]
+    with psycopg.connect(postgres_schema.url, autocommit=True) as connection:
+        connection.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(postgres_schema.name)))
+        connection.execute(
+            sql.SQL("SET search_path TO {}").format(sql.Identifier(postgres_schema.name))
+        )
+        connection.execute(
+            "CREATE TABLE saga_schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        for number, name, script in migration_files("postgres"):
+            if number > 4:
+                break
+            connection.execute(script)  # type: ignore[call-overload]
+            connection.execute(
+                "INSERT INTO saga_schema_migrations (version, name) VALUES (%s, %s)",
+                (number, name),
+            )
+        insert = (
+            "INSERT INTO sagas (saga_id, saga_type, correlation_id, status, version, created_at,"
+            " updated_at, state, steps_in_rows) VALUES (%s, %s, %s, 'running', 1, now(), now(),"
+            " %s, %s)"
+        )
+        context = long_saga.context
+        connection.execute(insert, (context.saga_id, "long", context.correlation_id, head, True))
+        for index, record in enumerate(records):
+            connection.execute(
+                "INSERT INTO saga_steps (saga_id, idx, record) VALUES (%s, %s, %s)",
+                (context.saga_id, index, json.dumps(record, separators=(",", ":"))),
+            )
+        connection.execute(
+            insert,
+            (
+                short.context.saga_id,
+                short.saga_type,
+                short.context.correlation_id,
+                encode_context(short.context),
+                False,
+            ),
+        )
+    async with postgres_schema.repository() as repo:
+        stored = await repo.get(long_saga.context.saga_id)
+        assert stored is not None
+        assert encode_context(stored) == whole
+        other = await repo.get(short.context.saga_id)
+        assert other is not None
+        assert encode_context(other) == encode_context(short.context)
+        orchestrator = SagaOrchestrator(repo)
+        orchestrator.register("long", LongSaga)
+        orchestrator.register(short.saga_type, TripSaga)
+        report = await orchestrator.recover()
+        assert {r.saga_id: r.status for r in report} == {
+            long_saga.context.saga_id: SagaStatus.COMPLETED,
+            short.context.saga_id: SagaStatus.COMPLETED,
+        }
+    assert postgres_schema.query(
+        "SELECT count(*) FROM information_schema.columns WHERE table_schema = %s"
+        " AND column_name = 'steps_in_rows'",
+        (postgres_schema.name,),
+    ) == [(0,)]
+    assert postgres_schema.query("SELECT to_regclass('saga_steps') IS NULL") == [(True,)]
