@@ -874,3 +874,29 @@ def test_a_malformed_patch_is_a_serialization_error(patch: str, message: str) ->
     )
     with pytest.raises(SerializationError, match=re.escape(message)):
         decode_context(encode_context(context), patches=[patch])
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ({"a": 1}, {"a": True}),
+        ({"a": 0.0}, {"a": -0.0}),
+        ({"a": 1, "b": 2}, {"b": 2, "a": 1}),
+        ({"a": [1, {"x": 1}]}, {"a": [1, {"x": True}]}),
+        (PatchedData(order=1), PatchedData(order=True)),  # type: ignore[arg-type]
+        (PatchedData(tags=["a"]), PatchedData(tags=["a", "b"])),
+    ],
+)
+def test_a_change_python_calls_equal_is_still_patched(old: Any, new: Any) -> None:
+    """``1 == True`` and ``0.0 == -0.0`` in Python, and dicts ignore their order; their JSON
+    differs, and so does the patched document."""
+    context = SagaContext(saga_id=UUID(int=1), saga_type="t", data=old, steps=[StepState("a")])
+    context.version = 1
+    document = encode_changes(context, baseline=False).document
+    assert document is not None
+    context.data = new
+    context.version = 2
+    patch = encode_changes(context, baseline=True).patch
+    assert patch is not None
+    rebuilt = decode_context(document, patches=[patch])
+    assert encode_context(rebuilt) == encode_context(context)

@@ -38,6 +38,8 @@ import anyio
 import pytest
 
 from saga_orchestrator import (
+    InMemoryEventPublisher,
+    OutboxRelay,
     SagaContext,
     SagaEventType,
     SagaOrchestrator,
@@ -453,10 +455,29 @@ async def test_postgres_schema_of_0_1_0_recovers(
         await _recover(orchestrator, "postgres")
         await _retry_failed(orchestrator)
         await _check_finished(repository, "postgres", stored)
+        await _relay_everything(repository)
     assert postgres_schema.query(
         "SELECT count(*) FROM sagas WHERE lease_owner IS NOT NULL"
         " AND status IN ('pending', 'running', 'compensating')"
     ) == [(0,)]
+
+
+async def _relay_everything(repository: Any) -> None:
+    """A relay publishes the events 0.1.0 had stored (``saga_outbox``) first, then those of
+    the journal: each unfinished saga's whole sequence, in order, once; nothing is left."""
+    publisher = InMemoryEventPublisher()
+    relay = OutboxRelay(repository, publisher, batch_size=7)
+    while await relay.run_once():
+        pass
+    assert await repository.fetch_unsent(1000) == []
+    for plan in plans("postgres"):
+        if plan.key == "completed":  # sent before the upgrade
+            assert publisher.for_saga(plan.saga_id) == []
+            continue
+        final = await repository.get(plan.saga_id)
+        assert final is not None
+        sequences = [event.sequence for event in publisher.for_saga(plan.saga_id)]
+        assert sequences == list(range(1, final.event_sequence + 1)), plan.key
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
+from functools import lru_cache
 from hashlib import sha1
 from json.encoder import encode_basestring_ascii
 from typing import Any
@@ -78,6 +79,7 @@ class SagaEvent:
     (an event built without one gets a random UUID)."""
 
 
+@lru_cache(maxsize=4096)  # a transition's events are built, then written, with their ids
 def event_id_for(saga_id: UUID, sequence: int) -> UUID:
     """The id of the saga's event at ``sequence``: a name-based UUID (version 5 layout) of the
     SHA-1 of the saga id's 16 bytes and the sequence as 8 big-endian bytes. The same event

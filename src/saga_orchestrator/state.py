@@ -210,11 +210,11 @@ class SagaContext(Generic[T]):
     _id_text: tuple[UUID, str] | None = field(default=None, init=False, repr=False, compare=False)
     # The stored version this object last wrote (IncrementalSagaRepository): while the stored
     # version is still that, what is stored is what these caches say, and a write may send
-    # only what changed since (a patch). ``_data_texts``: the data's JSON as last written,
-    # field by field for a dataclass; ``_patch_bytes``/``_document_bytes``: the patches
+    # only what changed since (a patch). ``_data_texts``: the data as last written (JSON-ready
+    # values), field by field for a dataclass; ``_patch_bytes``/``_document_bytes``: the patches
     # written since the last whole document, and that document's size.
     _rows_version: int | None = field(default=None, init=False, repr=False, compare=False)
-    _data_texts: tuple[str | None, dict[str, str]] | None = field(
+    _data_texts: tuple[str | None, str, dict[str, Any], dict[str, str] | None] | None = field(
         default=None, init=False, repr=False, compare=False
     )
     _head_texts: tuple[str, ...] | None = field(default=None, init=False, repr=False, compare=False)

@@ -23,11 +23,19 @@ document they follow. Documented, and imported, through
 from __future__ import annotations
 
 import json
+import json.encoder
 from dataclasses import dataclass
 from typing import Any
 
 from ..state import SagaContext
-from ._documents import _encode_document, _error_history, _quote, _step_text, _time_json
+from ._documents import (
+    _encode_document,
+    _encode_step,
+    _error_history,
+    _quote,
+    _step_text,
+    _time_json,
+)
 from ._values import _ENCODER, _RECORD_DEPTH, _encode_top, _json
 
 PATCH_BUDGET = 2
@@ -53,19 +61,67 @@ class StateChanges:
     patches after it, in order."""
 
 
-def _data_texts(context: SagaContext[Any]) -> tuple[str | None, dict[str, str]]:
-    """The data's JSON: field by field for a dataclass (its ``$dataclass`` name first), else
-    whole (under the key ``""``)."""
+_DataCache = tuple[str | None, str, dict[str, Any], dict[str, str] | None]
+"""The data as last written: its dataclass name (``None``: not a dataclass), its JSON, its
+JSON-ready fields (the whole value under ``""`` if not a dataclass), and their JSON, field by
+field, once computed."""
+
+# One C encoder, made once (``JSONEncoder.encode`` makes one per call): the same settings as
+# ``_ENCODER`` (compact separators, ASCII, no NaN), without the cycle check (the values were
+# built by ``_encode``, which bounds their depth).
+_make_encoder: Any = getattr(json.encoder, "c_make_encoder", None)
+_c_encode: Any = (
+    _make_encoder(None, _ENCODER.default, _quote, None, ":", ",", False, False, False)
+    if _make_encoder is not None
+    else None
+)
+
+
+def _fast_json(value: Any) -> str:
+    """``_ENCODER.encode(value)``, the same text."""
+    if _c_encode is None:  # pragma: no cover - CPython has the C encoder
+        return _ENCODER.encode(value)
+    return "".join(_c_encode(value, 0))
+
+
+def _data_values(context: SagaContext[Any]) -> _DataCache:
+    """The data's ``_DataCache``, field texts not computed yet."""
     data = _encode_top(context.data, "data", _RECORD_DEPTH)
-    where = f"saga {context.saga_id}"
-    if type(data) is dict and type(data.get("fields")) is dict and len(data) == 2:
+    try:
+        text = _fast_json(data)
+    except ValueError:  # raises the same, saying where
+        text = _json(data, f"saga {context.saga_id}")
+    if type(data) is dict and len(data) == 2 and type(data.get("fields")) is dict:
         tag = data.get("$dataclass")
         if type(tag) is str:
-            try:
-                return tag, {name: _ENCODER.encode(value) for name, value in data["fields"].items()}
-            except ValueError:
-                _json(data, where)  # raises, saying where
-    return None, {"": _json(data, where)}
+            return tag, text, data["fields"], None
+    return None, text, {"": data}, None
+
+
+def _changed_fields(values: _DataCache, previous: _DataCache) -> tuple[dict[str, str], list[str]]:
+    """The new data's field texts, and ``"name":text`` for each field whose text changed.
+    Only the fields Python finds unequal are encoded; the whole text they make with the
+    others' previous texts must then be the data's new text (``1 == True``, ``0.0 == -0.0``
+    and dicts in another order are equal in Python, not in JSON), else every field is."""
+    old_texts = _field_texts(previous)
+    old_fields = previous[2]
+    texts = dict(old_texts)
+    for name, value in values[2].items():
+        if old_fields[name] != value:
+            texts[name] = _fast_json(value)
+    inner = ",".join(f"{_quote(name)}:{text}" for name, text in texts.items())
+    assert values[0] is not None
+    if f'{{"$dataclass":{_quote(values[0])},"fields":{{{inner}}}}}' != values[1]:
+        texts = _field_texts((*values[:3], None))
+    changed = [f"{_quote(name)}:{text}" for name, text in texts.items() if old_texts[name] != text]
+    return texts, changed
+
+
+def _field_texts(values: _DataCache) -> dict[str, str]:
+    texts = values[3]
+    if texts is None:
+        texts = {name: _fast_json(value) for name, value in values[2].items()}
+    return texts
 
 
 _HEAD_FIELDS = (
@@ -93,7 +149,7 @@ def _head_texts(context: SagaContext[Any]) -> tuple[str, ...]:
         str(context.version),
         str(context.event_sequence),
         str(context.saga_version),
-        _ENCODER.encode(_error_history(context)) if context.error_history else "[]",
+        _fast_json(_error_history(context)) if context.error_history else "[]",
     )
 
 
@@ -118,11 +174,10 @@ _STEP_INSTANTS = frozenset(
 )
 
 
-def _record_changes(old: dict[str, Any], text: str, now: str | None) -> str:
+def _record_changes(old: dict[str, Any], new: dict[str, Any], now: str | None) -> str:
     """The fields of a step record that differ from the record ``old``: a field left out
     of the new record (at its default) is given its default explicitly, and an instant that
     is the transition's own (``now``, the saga's new ``updated_at``) is written ``"="``."""
-    new: dict[str, Any] = json.loads(text)
     changes = {
         name: "=" if now is not None and value == now and name in _STEP_INSTANTS else value
         for name, value in new.items()
@@ -130,21 +185,13 @@ def _record_changes(old: dict[str, Any], text: str, now: str | None) -> str:
     }
     for name in old.keys() - new.keys():
         changes[name] = _STEP_DEFAULTS.get(name)
-    return _ENCODER.encode(changes)
-
-
-def _data_text(texts: tuple[str | None, dict[str, str]]) -> str:
-    tag, fields = texts
-    if tag is None:
-        return fields[""]
-    inner = ",".join(f"{_quote(name)}:{text}" for name, text in fields.items())
-    return f'{{"$dataclass":{_quote(tag)},"fields":{{{inner}}}}}'
+    return _fast_json(changes)
 
 
 def encode_changes(context: SagaContext[Any], *, baseline: bool) -> StateChanges:
     """The transition's write. ``baseline``: the stored version is the one this object last
     wrote (so its caches say what is stored); without it, the document is whole."""
-    texts = _data_texts(context)
+    values = _data_values(context)
     previous = context._data_texts
     old_steps = context._step_json
     count = len(context.steps)
@@ -153,20 +200,20 @@ def encode_changes(context: SagaContext[Any], *, baseline: bool) -> StateChanges
         and previous is not None
         and old_steps is not None
         and len(old_steps) == count
-        and previous[0] == texts[0]
+        and previous[0] == values[0]
         and context._head_texts is not None
     ):
-        patch = _patch(context, texts, previous, old_steps)
+        patch, values = _patch(context, values, previous, old_steps)
         if context._patch_bytes + len(patch) <= PATCH_BUDGET * context._document_bytes:
             context._patch_bytes += len(patch)
-            context._data_texts = texts
+            context._data_texts = values
             return StateChanges(document=None, patch=patch)
     context._step_json = None  # kept only once the document is built
     step_texts = [_step_text(step) for step in context.steps]
-    document = _encode_document(context, step_texts, _data_text(texts))
+    document = _encode_document(context, step_texts, values[1])
     context._step_json = step_texts
     context._step_json_at = context.current_step_index
-    context._data_texts = texts
+    context._data_texts = values
     context._head_texts = _head_texts(context)
     context._patch_bytes = 0
     context._document_bytes = len(document)
@@ -175,10 +222,10 @@ def encode_changes(context: SagaContext[Any], *, baseline: bool) -> StateChanges
 
 def _patch(
     context: SagaContext[Any],
-    texts: tuple[str | None, dict[str, str]],
-    previous: tuple[str | None, dict[str, str]],
+    values: _DataCache,
+    previous: _DataCache,
     step_texts: list[str],
-) -> str:
+) -> tuple[str, _DataCache]:
     count = len(step_texts)
     steps = []
     now = context.updated_at.isoformat() if context.updated_at is not None else None
@@ -186,9 +233,10 @@ def _patch(
     # changed: every transition of the state machine touches only those.
     for index in sorted({context._step_json_at, context.current_step_index}):
         if 0 <= index < count:
-            text = _step_text(context.steps[index])
+            step = context.steps[index]
+            text = _step_text(step)
             if text != step_texts[index]:
-                changes = _record_changes(json.loads(step_texts[index]), text, now)
+                changes = _record_changes(json.loads(step_texts[index]), _encode_step(step), now)
                 steps.append(f'"{index}":{changes}')
                 step_texts[index] = text
     context._step_json_at = context.current_step_index
@@ -204,17 +252,12 @@ def _patch(
     parts = [f'{{"head":{{{",".join(changed_head)}}}']
     if steps:
         parts.append(f',"steps":{{{",".join(steps)}}}')
-    new_fields, old_fields = texts[1], previous[1]
-    if texts[0] is None or new_fields.keys() != old_fields.keys():
-        if new_fields != old_fields:
-            parts.append(f',"data":{_data_text(texts)}')
-    else:
-        changed = [
-            f"{_quote(name)}:{text}"
-            for name, text in new_fields.items()
-            if old_fields[name] != text
-        ]
-        if changed:
+    if values[1] != previous[1]:  # the data changed: which fields?
+        if values[0] is None or list(values[2]) != list(previous[2]):
+            parts.append(f',"data":{values[1]}')
+        else:
+            texts, changed = _changed_fields(values, previous)
             parts.append(f',"data_fields":{{{",".join(changed)}}}')
+            values = (*values[:3], texts)
     parts.append("}")
-    return "".join(parts)
+    return "".join(parts), values

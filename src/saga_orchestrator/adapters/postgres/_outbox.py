@@ -8,7 +8,8 @@ with ``null`` for an ``event_id`` that is ``event_id_for(saga_id, sequence)``;
 otherwise the whole event
 (``encode_event``). The saga's id, type and correlation id are the row's and its saga's.
 An event's outbox id is ``row id * EVENTS_PER_ROW + its index in the row``; events written
-before the journal (``saga_outbox``, 0.1.0) are read first, with their row id negated.
+before the journal (``saga_outbox``, 0.1.0) are read first, their ids ``row id - LEGACY``
+(negative, so still in order).
 """
 
 from __future__ import annotations
@@ -22,8 +23,18 @@ from uuid import UUID
 import psycopg
 from psycopg import sql
 
-from ...events import SagaEvent, SagaEventType, decode_event, encode_event, event_id_for
+from ...events import (
+    SagaEvent,
+    SagaEventType,
+    _float,
+    decode_event,
+    encode_event,
+    event_id_for,
+)
 from ._db import _Connection, _Database
+
+LEGACY = 2**62
+"""Subtracted from a ``saga_outbox`` row id to make its outbox id."""
 
 EVENTS_PER_ROW = 64
 """Outbox ids leave room for this many events per journal row (a transition has 1 to 4; at
@@ -53,7 +64,7 @@ def encode_events(events: Sequence[SagaEvent]) -> str:
             "null" if event.attempt is None else f"{event.attempt:d}",
             _nullable(event.error),
             "true" if event.will_retry else "false",
-            "null" if duration is None else json.dumps(duration, allow_nan=False),
+            "null" if duration is None else _float(duration),
         ]
         while fields[-1] in ("null", "false"):  # trailing defaults are left out
             fields.pop()
@@ -138,7 +149,9 @@ class _OutboxReader:
                 ).format(self._db.table("saga_outbox")),
                 (int(limit),),
             )
-            legacy = [(-int(row[0]), decode_event(row[1])) for row in await cursor.fetchall()]
+            legacy = [
+                (int(row[0]) - LEGACY, decode_event(row[1])) for row in await cursor.fetchall()
+            ]
             if legacy:
                 return legacy
             self._legacy_unsent = False
@@ -171,7 +184,7 @@ class _OutboxReader:
         await self._db.write(("saga_journal", f"sent:{ids[0]}"), self._sent_op(list(ids)))
 
     def _sent_op(self, ids: list[int]) -> Callable[[_Connection], Awaitable[None]]:
-        legacy = [-item for item in ids if item < 0]
+        legacy = [item + LEGACY for item in ids if item < 0]
         masks: dict[int, int] = {}
         for item in ids:
             if item >= 0:
