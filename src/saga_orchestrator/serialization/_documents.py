@@ -21,6 +21,7 @@ from ._values import (
     _RECORD_DEPTH,
     _decode,
     _encode_top,
+    _fast_json,
     _json,
     _parse,
     _Refused,
@@ -175,7 +176,7 @@ def _encode_document(
     if data_text is None:
         data = _encode_top(context.data, "data", _RECORD_DEPTH)
         try:
-            data_text = _ENCODER.encode(data)
+            data_text = _fast_json(data)
         except ValueError:  # only to say where: the same call raises the error
             data_text = _json(data, f"saga {context.saga_id}")
     extra = ""

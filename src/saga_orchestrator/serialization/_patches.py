@@ -23,7 +23,6 @@ document they follow. Documented, and imported, through
 from __future__ import annotations
 
 import json
-import json.encoder
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +35,7 @@ from ._documents import (
     _step_text,
     _time_json,
 )
-from ._values import _ENCODER, _RECORD_DEPTH, _encode_top, _json
+from ._values import _RECORD_DEPTH, _encode_top, _fast_json, _json
 
 PATCH_BUDGET = 2
 """Patches are written until their bytes since the last whole document would exceed this
@@ -65,23 +64,6 @@ _DataCache = tuple[str | None, str, dict[str, Any], dict[str, str] | None]
 """The data as last written: its dataclass name (``None``: not a dataclass), its JSON, its
 JSON-ready fields (the whole value under ``""`` if not a dataclass), and their JSON, field by
 field, once computed."""
-
-# One C encoder, made once (``JSONEncoder.encode`` makes one per call): the same settings as
-# ``_ENCODER`` (compact separators, ASCII, no NaN), without the cycle check (the values were
-# built by ``_encode``, which bounds their depth).
-_make_encoder: Any = getattr(json.encoder, "c_make_encoder", None)
-_c_encode: Any = (
-    _make_encoder(None, _ENCODER.default, _quote, None, ":", ",", False, False, False)
-    if _make_encoder is not None
-    else None
-)
-
-
-def _fast_json(value: Any) -> str:
-    """``_ENCODER.encode(value)``, the same text."""
-    if _c_encode is None:  # pragma: no cover - CPython has the C encoder
-        return _ENCODER.encode(value)
-    return "".join(_c_encode(value, 0))
 
 
 def _data_values(context: SagaContext[Any]) -> _DataCache:

@@ -10,6 +10,7 @@ import base64
 import dataclasses
 import importlib
 import json
+import json.encoder
 import math
 import sys
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from enum import Enum
+from json.encoder import encode_basestring_ascii
 from typing import Any
 from uuid import UUID
 from zoneinfo import ZoneInfo
@@ -506,6 +508,26 @@ def dumps(value: Any, where: str = "value") -> str:
 
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
+# One C encoder, made once (``JSONEncoder.encode`` makes one per call): the same settings as
+# ``_ENCODER`` (compact separators, ASCII, no NaN), without the cycle check (the values were
+# built by ``_encode``, which bounds their depth).
+_make_encoder: Any = getattr(json.encoder, "c_make_encoder", None)
+_c_encode: Any = (
+    _make_encoder(
+        None, _ENCODER.default, encode_basestring_ascii, None, ":", ",", False, False, False
+    )
+    if _make_encoder is not None
+    else None
+)
+
+
+def _fast_json(value: Any) -> str:
+    """``_ENCODER.encode(value)``, the same text."""
+    if _c_encode is None:  # pragma: no cover - CPython has the C encoder
+        return _ENCODER.encode(value)
+    return "".join(_c_encode(value, 0))
 
 
 def _json(data: Any, where: str) -> str:
