@@ -569,3 +569,16 @@ def test_an_event_with_a_non_finite_duration_is_refused(duration: float) -> None
     )
     with pytest.raises(ValueError, match="not JSON compliant"):
         encode_event(event)
+
+
+def test_every_event_type_has_a_code_in_the_postgresql_journal() -> None:
+    """PostgreSQL's compact events name their type by its position in ``TYPE_CODES``, which
+    is only appended to: every type has one, and the view ``saga_events`` (migration 0005)
+    spells the same list."""
+    from saga_orchestrator.adapters.migrations import postgres as migrations
+    from saga_orchestrator.adapters.postgres._outbox import TYPE_CODES
+
+    assert set(TYPE_CODES) == {kind.value for kind in SagaEventType}
+    view = resources.files(migrations).joinpath("0005_journal.sql").read_text(encoding="utf-8")
+    listed = view[view.index("(ARRAY[") : view.index("])")]
+    assert [part.strip().strip("'") for part in listed[7:].split(",")] == list(TYPE_CODES)

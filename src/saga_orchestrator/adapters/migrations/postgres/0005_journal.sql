@@ -46,7 +46,12 @@ CREATE VIEW saga_events AS
 SELECT j.saga_id,
        CASE WHEN jsonb_typeof(e.item) = 'array' THEN (e.item->>2)::bigint
             ELSE (e.item->>'sequence')::bigint END AS sequence,
-       CASE WHEN jsonb_typeof(e.item) = 'array' THEN e.item->>1 ELSE e.item->>'type' END AS type,
+       CASE WHEN jsonb_typeof(e.item) <> 'array' THEN e.item->>'type'
+            WHEN jsonb_typeof(e.item->1) = 'number' THEN (ARRAY['saga.started',
+                'saga.completed', 'saga.compensated', 'saga.failed', 'step.started',
+                'step.completed', 'step.failed', 'compensation.started', 'step.compensated',
+                'step.compensation_failed'])[(e.item->>1)::int + 1]
+            ELSE e.item->>1 END AS type,
        CASE WHEN jsonb_typeof(e.item) = 'array' THEN e.item->>3 ELSE e.item->>'step' END AS step,
        j.occurred_at,
        j.sent_at
