@@ -110,6 +110,7 @@ class _Recording:
             context._rows_version = None
             context._data_texts = None
             context._head_texts = None
+            context._step_states = None
             raise
         if changes is not None:
             context._rows_version = context.version

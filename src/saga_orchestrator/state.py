@@ -217,7 +217,10 @@ class SagaContext(Generic[T]):
     _data_texts: tuple[str | None, str, dict[str, Any], dict[str, str] | None] | None = field(
         default=None, init=False, repr=False, compare=False
     )
-    _head_texts: tuple[str, ...] | None = field(default=None, init=False, repr=False, compare=False)
+    _head_texts: tuple[Any, ...] | None = field(default=None, init=False, repr=False, compare=False)
+    _step_states: list[StepState] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
     _patch_bytes: int = field(default=0, init=False, repr=False, compare=False)
     _document_bytes: int = field(default=0, init=False, repr=False, compare=False)
 

@@ -22,14 +22,12 @@ document they follow. Documented, and imported, through
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
-from ..state import SagaContext
+from ..state import SagaContext, StepState
 from ._documents import (
     _encode_document,
-    _encode_step,
     _error_history,
     _quote,
     _step_text,
@@ -119,55 +117,72 @@ _HEAD_FIELDS = (
 )
 
 
-def _head_texts(context: SagaContext[Any]) -> tuple[str, ...]:
-    """The JSON of each field in ``_HEAD_FIELDS``, in that order."""
-    error = context.error
+def _head_values(context: SagaContext[Any]) -> tuple[Any, ...]:
+    """The fields in ``_HEAD_FIELDS``, in that order, as compared from one write to the next
+    (instants as their JSON text: equal instants at other offsets are other text)."""
     return (
-        f'"{context.status._value_}"',
-        str(context.current_step_index),
-        "null" if error is None else _quote(error),
+        context.status,
+        context.current_step_index,
+        context.error,
         _time_json(context.updated_at),
         _time_json(context.deadline),
-        str(context.version),
-        str(context.event_sequence),
-        str(context.saga_version),
-        _fast_json(_error_history(context)) if context.error_history else "[]",
+        context.version,
+        context.event_sequence,
+        context.saga_version,
+        tuple(context.error_history),
     )
 
 
-_STEP_DEFAULTS: dict[str, Any] = {
-    "status": "pending",
-    "attempts": 0,
-    "effect_possible": False,
-    "compensation_attempts": 0,
-}
-"""A step record's fields that are left out at their default, where the default is not
-null (see ``_encode_step``)."""
+def _head_json(context: SagaContext[Any], index: int, value: Any) -> str:
+    """The JSON of the ``index``-th field of ``_head_values``."""
+    if index == 0:
+        return f'"{value._value_}"'
+    if index == 2:
+        return "null" if value is None else _quote(value)
+    if index in (3, 4):
+        return str(value)
+    if index == 8:
+        return _fast_json(_error_history(context)) if value else "[]"
+    return str(int(value))
 
 
-_STEP_INSTANTS = frozenset(
-    {
-        "started_at",
-        "completed_at",
-        "next_attempt_at",
-        "compensation_started_at",
-        "compensated_at",
-    }
+_STEP_COUNTS = ("attempts", "compensation_attempts")
+_STEP_TEXTS = ("error", "compensation_error")
+_STEP_INSTANTS = (
+    "started_at",
+    "completed_at",
+    "next_attempt_at",
+    "compensation_started_at",
+    "compensated_at",
 )
 
 
-def _record_changes(old: dict[str, Any], new: dict[str, Any], now: str | None) -> str:
-    """The fields of a step record that differ from the record ``old``: a field left out
-    of the new record (at its default) is given its default explicitly, and an instant that
-    is the transition's own (``now``, the saga's new ``updated_at``) is written ``"="``."""
-    changes = {
-        name: "=" if now is not None and value == now and name in _STEP_INSTANTS else value
-        for name, value in new.items()
-        if name not in old or old[name] != value or type(old[name]) is not type(value)
-    }
-    for name in old.keys() - new.keys():
-        changes[name] = _STEP_DEFAULTS.get(name)
-    return _fast_json(changes)
+_NOW = '"="'
+"""An instant that is the transition's own, in a patch's step record."""
+
+
+def _step_changes(old: StepState, new: StepState, now: str) -> str:
+    """The fields of the step record ``new`` that differ from ``old``, as a JSON object: a
+    field back at its default is given explicitly, and an instant that is the transition's
+    own (``now``, the saga's new ``updated_at`` as JSON) is written ``"="``. Empty: none."""
+    parts = []
+    if new.status is not old.status:
+        parts.append(f'"status":"{new.status._value_}"')
+    for name in _STEP_COUNTS:
+        value = getattr(new, name)
+        if value != getattr(old, name):
+            parts.append(f'"{name}":{int(value)}')
+    for name in _STEP_TEXTS:
+        value = getattr(new, name)
+        if value != getattr(old, name):
+            parts.append(f'"{name}":{"null" if value is None else _quote(value)}')
+    if new.effect_possible is not old.effect_possible:
+        parts.append(f'"effect_possible":{"true" if new.effect_possible else "false"}')
+    for name in _STEP_INSTANTS:
+        text = _time_json(getattr(new, name))
+        if text != _time_json(getattr(old, name)):
+            parts.append(f'"{name}":{_NOW if text == now and text != "null" else text}')
+    return f"{{{','.join(parts)}}}" if parts else ""
 
 
 def encode_changes(context: SagaContext[Any], *, baseline: bool) -> StateChanges:
@@ -175,13 +190,12 @@ def encode_changes(context: SagaContext[Any], *, baseline: bool) -> StateChanges
     wrote (so its caches say what is stored); without it, the document is whole."""
     values = _data_values(context)
     previous = context._data_texts
-    old_steps = context._step_json
-    count = len(context.steps)
+    old_steps = context._step_states
     if (
         baseline
         and previous is not None
         and old_steps is not None
-        and len(old_steps) == count
+        and len(old_steps) == len(context.steps)
         and previous[0] == values[0]
         and context._head_texts is not None
     ):
@@ -195,8 +209,9 @@ def encode_changes(context: SagaContext[Any], *, baseline: bool) -> StateChanges
     document = _encode_document(context, step_texts, values[1])
     context._step_json = step_texts
     context._step_json_at = context.current_step_index
+    context._step_states = [step.copy() for step in context.steps]
     context._data_texts = values
-    context._head_texts = _head_texts(context)
+    context._head_texts = _head_values(context)
     context._patch_bytes = 0
     context._document_bytes = len(document)
     return StateChanges(document=document, patch=None)
@@ -206,29 +221,29 @@ def _patch(
     context: SagaContext[Any],
     values: _DataCache,
     previous: _DataCache,
-    step_texts: list[str],
+    old_steps: list[StepState],
 ) -> tuple[str, _DataCache]:
-    count = len(step_texts)
+    count = len(old_steps)
     steps = []
-    now = context.updated_at.isoformat() if context.updated_at is not None else None
+    now = _time_json(context.updated_at)
     # Only the step the saga was at when last written, and the one it is at now, can have
     # changed: every transition of the state machine touches only those.
     for index in sorted({context._step_json_at, context.current_step_index}):
         if 0 <= index < count:
             step = context.steps[index]
-            text = _step_text(step)
-            if text != step_texts[index]:
-                changes = _record_changes(json.loads(step_texts[index]), _encode_step(step), now)
+            changes = _step_changes(old_steps[index], step, now)
+            if changes:
                 steps.append(f'"{index}":{changes}')
-                step_texts[index] = text
+                old_steps[index] = step.copy()
     context._step_json_at = context.current_step_index
-    head = _head_texts(context)
+    context._step_json = None  # the texts of the whole write are out of date now
+    head = _head_values(context)
     old_head = context._head_texts
     assert old_head is not None  # encode_changes checked
     changed_head = [
-        f'"{name}":{text}'
-        for name, text, old in zip(_HEAD_FIELDS, head, old_head, strict=True)
-        if text != old
+        f'"{_HEAD_FIELDS[index]}":{_head_json(context, index, value)}'
+        for index, (value, old) in enumerate(zip(head, old_head, strict=True))
+        if value != old or type(value) is not type(old)
     ]
     context._head_texts = head
     parts = [f'{{"head":{{{",".join(changed_head)}}}']
