@@ -45,7 +45,24 @@ transition stay flat in the saga's size."""
 @dataclass(frozen=True, slots=True)
 class StateChanges:
     """One transition's write, for a repository with incremental writes: exactly one of
-    ``document`` and ``patch`` is set."""
+    ``document`` and ``patch`` is set.
+
+    A patch is a JSON object, applied to the document it follows by
+    [`decode_context`][saga_orchestrator.serialization.decode_context]:
+
+    - ``"head"``: the fields of the document outside its data and steps that the transition
+      changed (of ``status``, ``current_step_index``, ``error``, ``updated_at``,
+      ``deadline``, ``version``, ``event_sequence``, ``saga_version`` and
+      ``error_history``); the ids, the type and ``created_at`` never change;
+    - ``"steps"`` (when some changed): for each step record the transition changed, by
+      index, its fields that changed (``{"1": {"status": "completed", "completed_at":
+      "="}}``): a field back at its default is given explicitly, and an instant that is the
+      transition's own (the saga's new ``updated_at``) is written ``"="``;
+    - ``"data"`` (the whole data) or ``"data_fields"`` (the fields of a dataclass that
+      changed), or neither when the data did not change.
+
+    Store it as it is: only ``decode_context`` needs to read it.
+    """
 
     document: str | None
     """The whole document ([`encode_context`][saga_orchestrator.serialization.encode_context]),
@@ -53,7 +70,7 @@ class StateChanges:
     since the last whole document would grow past twice its size."""
     patch: str | None
     """Otherwise, what changed since the stored version the write expects, as a patch (see
-    the module): [`decode_context`][saga_orchestrator.serialization.decode_context]
+    above): [`decode_context`][saga_orchestrator.serialization.decode_context]
     ``(document, patches=[...])`` rebuilds the context from the last whole document and the
     patches after it, in order."""
 
