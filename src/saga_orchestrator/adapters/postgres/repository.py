@@ -74,11 +74,17 @@ class PostgresSagaRepository(_LeaseHolder, _Notifications, _OutboxReader, _Postg
     expired and was taken over can no longer write the saga
     ([`SagaLeaseError`][saga_orchestrator.errors.SagaLeaseError]), and the step it was running
     is cancelled before the lease can expire (``lease_guard``), so no step runs in two
-    processes at once. A terminal write releases the lease. If the process dies, its sagas
-    are taken over when their leases expire.
+    processes at once. A terminal write ends the lease (a finished saga is never claimed; its
+    lease columns are left as they were). If the process dies, its sagas are taken over when
+    their leases expire.
 
-    **Outbox.** Each transition's lifecycle events are written to the ``saga_outbox`` table
-    in the transition's transaction (``stores_events``); an
+    **Journal.** A saga's document is written whole when it is created (``state``), and each
+    later transition appends a row to ``saga_journal`` with a patch of what it changed
+    ([`IncrementalSagaRepository`][saga_orchestrator.protocols.IncrementalSagaRepository]);
+    reads apply the patches.
+
+    **Outbox.** Each transition's lifecycle events are written to its journal row in the
+    transition's transaction (``stores_events``); an
     [`OutboxRelay`][saga_orchestrator.outbox.OutboxRelay] publishes them.
 
     **Lost connections** (a server restart, ``pg_terminate_backend``) are retried on a new
@@ -101,7 +107,7 @@ class PostgresSagaRepository(_LeaseHolder, _Notifications, _OutboxReader, _Postg
             taken over this long after its last heartbeat.
         owner: this process's name in the ``lease_owner`` column (default
             ``host:pid:random``); unique per repository object.
-        outbox: write lifecycle events to the outbox (``False``: no outbox rows).
+        outbox: write lifecycle events to the outbox (``False``: no events are stored).
     """
 
     def __init__(
