@@ -451,6 +451,19 @@ async def test_postgres_schema_of_0_1_0_recovers(
         _check_migrations(before, _postgres_migrations(postgres_schema), "postgres")
         stored = await _check_stored(repository, store, "postgres")
         await _check_postgres_outbox(repository, stored)
+        # The view of every stored event shows those 0.1.0 wrote to saga_outbox.
+        legacy = postgres_schema.query(
+            "SELECT saga_id, sequence, event::jsonb->>'type', sent_at IS NOT NULL"
+            " FROM saga_outbox ORDER BY saga_id, sequence"
+        )
+        assert len(legacy) > 10
+        assert (
+            postgres_schema.query(
+                "SELECT saga_id, sequence, type, sent_at IS NOT NULL FROM saga_events"
+                " ORDER BY saga_id, sequence"
+            )
+            == legacy
+        )
         orchestrator = _orchestrator(repository, store)
         await _recover(orchestrator, "postgres")
         await _retry_failed(orchestrator)
