@@ -184,3 +184,41 @@ async def test_tools_can_read_sagas_whose_code_is_not_installed(tmp_path: Path) 
     assert isinstance(stored.data, UnresolvedValue)
     assert stored.data.type == "gone.mod:TripData"
     assert stored.data.value["car"] == "car-ref"
+
+
+async def test_status_queries_are_served_by_the_partial_indexes(tmp_path: Path) -> None:
+    """``recover()`` and the ``saga_states`` gauge ask for the active (or the failed) sagas:
+    the adapter writes those terms as literals, spelled as the partial indexes' own, because
+    SQLite matches a partial index only then (a bound parameter cannot imply the index's
+    ``WHERE``); with parameters, every finished saga of the file would be scanned."""
+    from saga_orchestrator.adapters._common import status_filter
+    from saga_orchestrator.adapters.sqlite import _selection
+    from saga_orchestrator.state import ACTIVE_STATUSES
+
+    path = tmp_path / "sagas.db"
+    async with SQLiteSagaRepository(path) as repository:
+        await repository.list_sagas()  # migrated
+    with closing(sqlite3.connect(path)) as connection:
+
+        def plan(query: str, params: list[object]) -> str:
+            rows = connection.execute(f"EXPLAIN QUERY PLAN {query}", params).fetchall()
+            return " ".join(str(row[-1]) for row in rows)
+
+        where, params = _selection(ACTIVE_STATUSES, None)
+        listing = plan(f"SELECT saga_id FROM sagas{where} ORDER BY rowid LIMIT ?", [*params, 9])
+        assert "USING INDEX sagas_active" in listing
+        for group, index in (
+            (ACTIVE_STATUSES, "sagas_active"),
+            ({SagaStatus.FAILED}, "sagas_failed"),
+        ):
+            counting = plan(
+                "SELECT saga_type, status, count(*) FROM sagas"
+                f" WHERE {status_filter(group)} GROUP BY saga_type, status",
+                [],
+            )
+            assert f"INDEX {index}" in counting, counting
+        # The same term with a parameter scans the table: what the literals avoid.
+        assert "USING INDEX sagas_active" not in plan(
+            "SELECT saga_id FROM sagas WHERE status IN (?, ?, ?) ORDER BY rowid LIMIT 9",
+            ["pending", "running", "compensating"],
+        )
