@@ -422,7 +422,7 @@ async def test_postgres_relay_does_not_skip_an_event_committed_out_of_id_order(
                     "INSERT INTO {} (saga_id, version, occurred_at, events, event_count)"
                     " VALUES (%s, 1, %s, %s, 1)"
                 ).format(sql.Identifier(postgres_schema.name, "saga_journal")),
-                (late.saga_id, late.occurred_at, encode_events([late])),
+                (late.saga_id, late.occurred_at, encode_events([late], late.saga_id, "late", None)),
             )
             emitted = await run_sagas(repository, count=3)
             publisher = RecordingPublisher()
@@ -539,12 +539,15 @@ def test_a_transitions_events_are_stored_compact_and_read_back_equal(
                 event_id=event_id_for(saga_id, sequence) if item["derived"] else uuid4(),
             )
         )
-    text = encode_events(events)
+    text = encode_events(events, saga_id, "order", correlation_id)
     row_at = events[0].occurred_at  # the journal row's occurred_at
     if all(event.occurred_at == row_at for event in events):
         assert str(saga_id) not in text
         assert '"occurred_at"' not in text
     assert decode_events(text, saga_id, "order", correlation_id, row_at) == events
+    # Events not of the row's saga (another type or correlation id) are written whole.
+    other = encode_events(events, saga_id, "other", correlation_id)
+    assert decode_events(other, saga_id, "order", correlation_id, row_at) == events
 
 
 def test_an_event_id_is_derived_from_the_saga_and_the_sequence() -> None:

@@ -2,7 +2,8 @@
 its journal row (``saga_journal.events``), and the relay's side: read, mark, purge.
 
 A journal row's events are a JSON array, one item per event: when they share the row's
-``occurred_at`` (a transition's events do), an array ``[event_id, type, sequence, step,
+``occurred_at`` and their saga's id, type and correlation id (a transition's events do), an
+array ``[event_id, type, sequence, step,
 attempt, error, will_retry, duration_seconds]`` without its trailing nulls and falses, with
 ``null`` for an ``event_id`` that is ``event_id_for(saga_id, sequence)`` and the type as its
 code (``TYPE_CODES``);
@@ -62,12 +63,21 @@ def _nullable(value: str | None) -> str:
     return "null" if value is None else _quote(value)
 
 
-def encode_events(events: Sequence[SagaEvent]) -> str:
-    """A transition's events as a journal row's ``events`` (see the module)."""
+def encode_events(
+    events: Sequence[SagaEvent], saga_id: UUID, saga_type: str, correlation_id: str | None
+) -> str:
+    """A transition's events as the ``events`` of a journal row of the saga ``saga_id``, whose
+    type and correlation id are given (see the module)."""
     if len(events) > 62:
         raise ValueError(f"{len(events)} events in one transition; at most 62")
     at = events[0].occurred_at
-    if any(event.occurred_at != at for event in events):
+    if any(
+        event.occurred_at != at
+        or event.saga_id != saga_id
+        or event.saga_type != saga_type
+        or event.correlation_id != correlation_id
+        for event in events
+    ):  # not all the row's and its saga's: each written whole
         return f"[{','.join(encode_event(event) for event in events)}]"
     items = []
     for event in events:

@@ -165,7 +165,11 @@ class PostgresSagaRepository(_LeaseHolder, _Notifications, _OutboxReader, _Postg
         if patch is None and not stored:
             return None
         at = stored[0].occurred_at if stored else None
-        text = encode_events(stored) if stored else None
+        text = (
+            encode_events(stored, context.saga_id, context.saga_type, context.correlation_id)
+            if stored
+            else None
+        )
         return (context.saga_id, context.version, patch, at, text, len(stored), not stored)
 
     def _write_statement(
