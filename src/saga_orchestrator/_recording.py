@@ -108,9 +108,7 @@ class _Recording:
             context.event_sequence = first_sequence
             context._step_json = None  # what is stored is unknown now: encode it all next time
             context._rows_version = None
-            context._data_texts = None
-            context._head_texts = None
-            context._step_states = None
+            context._written = None
             raise
         if changes is not None:
             context._rows_version = context.version

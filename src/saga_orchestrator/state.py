@@ -208,21 +208,11 @@ class SagaContext(Generic[T]):
     _step_json: list[str] | None = field(default=None, init=False, repr=False, compare=False)
     _step_json_at: int = field(default=0, init=False, repr=False, compare=False)
     _id_text: tuple[UUID, str] | None = field(default=None, init=False, repr=False, compare=False)
-    # The stored version this object last wrote (IncrementalSagaRepository): while the stored
-    # version is still that, what is stored is what these caches say, and a write may send
-    # only what changed since (a patch). ``_data_texts``: the data as last written (JSON-ready
-    # values), field by field for a dataclass; ``_patch_bytes``/``_document_bytes``: the patches
-    # written since the last whole document, and that document's size.
+    # The stored version this object last wrote (IncrementalSagaRepository), and what it
+    # wrote (serialization._patches._Written): while the stored version is still that, a
+    # write may send only what changed since (a patch).
     _rows_version: int | None = field(default=None, init=False, repr=False, compare=False)
-    _data_texts: tuple[str | None, str, dict[str, Any], dict[str, str] | None] | None = field(
-        default=None, init=False, repr=False, compare=False
-    )
-    _head_texts: tuple[Any, ...] | None = field(default=None, init=False, repr=False, compare=False)
-    _step_states: list[StepState] | None = field(
-        default=None, init=False, repr=False, compare=False
-    )
-    _patch_bytes: int = field(default=0, init=False, repr=False, compare=False)
-    _document_bytes: int = field(default=0, init=False, repr=False, compare=False)
+    _written: Any = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def saga_id_text(self) -> str:

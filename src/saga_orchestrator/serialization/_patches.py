@@ -202,44 +202,55 @@ def _step_changes(old: StepState, new: StepState, now: str) -> str:
     return f"{{{','.join(parts)}}}" if parts else ""
 
 
+@dataclass(slots=True, eq=False)
+class _Written:
+    """What a context object last wrote (``SagaContext._written``), the base of its next
+    patch: the data, the head's values, copies of the step records, and the bytes of patches
+    since the whole document of ``document_bytes``."""
+
+    data: _DataCache
+    head: tuple[Any, ...]
+    steps: list[StepState]
+    document_bytes: int
+    patch_bytes: int = 0
+
+
 def encode_changes(context: SagaContext[Any], *, baseline: bool) -> StateChanges:
     """The transition's write. ``baseline``: the stored version is the one this object last
-    wrote (so its caches say what is stored); without it, the document is whole."""
+    wrote (so ``context._written`` says what is stored); without it, the document is whole."""
     values = _data_values(context)
-    previous = context._data_texts
-    old_steps = context._step_states
+    written = context._written
     if (
         baseline
-        and previous is not None
-        and old_steps is not None
-        and len(old_steps) == len(context.steps)
-        and previous[0] == values[0]
-        and context._head_texts is not None
+        and isinstance(written, _Written)
+        and len(written.steps) == len(context.steps)
+        and written.data[0] == values[0]
     ):
-        patch, values = _patch(context, values, previous, old_steps)
-        if context._patch_bytes + len(patch) <= PATCH_BUDGET * context._document_bytes:
-            context._patch_bytes += len(patch)
-            context._data_texts = values
+        patch, values = _patch(context, values, written)
+        if written.patch_bytes + len(patch) <= PATCH_BUDGET * written.document_bytes:
+            written.patch_bytes += len(patch)
+            written.data = values
             return StateChanges(document=None, patch=patch)
     context._step_json = None  # kept only once the document is built
     step_texts = [_step_text(step) for step in context.steps]
     document = _encode_document(context, step_texts, values[1])
     context._step_json = step_texts
     context._step_json_at = context.current_step_index
-    context._step_states = [step.copy() for step in context.steps]
-    context._data_texts = values
-    context._head_texts = _head_values(context)
-    context._patch_bytes = 0
-    context._document_bytes = len(document)
+    context._written = _Written(
+        data=values,
+        head=_head_values(context),
+        steps=[step.copy() for step in context.steps],
+        document_bytes=len(document),
+    )
     return StateChanges(document=document, patch=None)
 
 
 def _patch(
-    context: SagaContext[Any],
-    values: _DataCache,
-    previous: _DataCache,
-    old_steps: list[StepState],
+    context: SagaContext[Any], values: _DataCache, written: _Written
 ) -> tuple[str, _DataCache]:
+    """The patch from ``written`` to the context (the head and step records in ``written``
+    brought up to date), and the data's cache for the next one."""
+    old_steps = written.steps
     count = len(old_steps)
     steps = []
     now = _time_json(context.updated_at)
@@ -255,17 +266,17 @@ def _patch(
     context._step_json_at = context.current_step_index
     context._step_json = None  # the texts of the whole write are out of date now
     head = _head_values(context)
-    old_head = context._head_texts
-    assert old_head is not None  # encode_changes checked
+    old_head = written.head
     changed_head = [
         f'"{_HEAD_FIELDS[index]}":{_head_json(context, index, value)}'
         for index, (value, old) in enumerate(zip(head, old_head, strict=True))
         if value != old or type(value) is not type(old)
     ]
-    context._head_texts = head
+    written.head = head
     parts = [f'{{"head":{{{",".join(changed_head)}}}']
     if steps:
         parts.append(f',"steps":{{{",".join(steps)}}}')
+    previous = written.data
     if values[1] != previous[1]:  # the data changed: which fields?
         if values[0] is None or list(values[2]) != list(previous[2]):
             parts.append(f',"data":{values[1]}')
