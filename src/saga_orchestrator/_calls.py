@@ -160,12 +160,15 @@ class _Calls(_Recording):
             _current.reset(token)
         return _Outcome(None, time.perf_counter() - started)
 
-    def _check_result(self, context: SagaContext[Any], step: str, result: Any) -> dict[str, Any]:
+    def _check_result(
+        self, context: SagaContext[Any], step: str, result: Any, *, source: str = "result"
+    ) -> dict[str, Any]:
         if result is None:
             return {}
+        returned = "returned" if source == "result" else "received an event with"
         if not isinstance(result, Mapping):
             raise InvalidStepResultError(
-                f"step {step!r} returned {type(result).__name__}; "
+                f"step {step!r} {returned} {type(result).__name__}; "
                 "an action returns a dict of data fields to set, or None",
                 saga_id=context.saga_id,
                 step=step,
@@ -175,12 +178,12 @@ class _Calls(_Recording):
         for key, value in result.items():
             if key not in fields:
                 raise InvalidStepResultError(
-                    f"step {step!r} returned unknown field {key!r}; "
+                    f"step {step!r} {returned} unknown field {key!r}; "
                     f"{type(context.data).__name__} has {sorted(fields)}",
                     saga_id=context.saga_id,
                     step=step,
                 )
-            encode_value(value, f"{step} result[{key!r}]")
+            encode_value(value, f"{step} {source}[{key!r}]")
             checked[key] = value
         return checked
 

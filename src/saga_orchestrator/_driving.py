@@ -14,10 +14,11 @@ from uuid import UUID
 import anyio
 
 from . import machine
-from ._calls import _Calls
-from .definitions import BaseSaga
-from .errors import SagaNotFoundError, SagaStateError, SerializationError
-from .protocols import StrandingRecorder
+from ._calls import _apply, _Calls, _describe
+from .definitions import BaseSaga, SagaStep, Wait
+from .errors import SagaConflictError, SagaNotFoundError, SagaStateError, SerializationError
+from .inbox import InboxEvent
+from .protocols import SagaInbox, StrandingRecorder
 from .registry import SagaRegistry
 from .retry import RetryPolicy
 from .runtime import Phase
@@ -48,6 +49,12 @@ class _Driving(_Calls):
     registry: SagaRegistry
     default_compensation_retry: RetryPolicy
     _strandings: StrandingRecorder | None
+    _inbox: SagaInbox | None
+    _in_flight: set[UUID]
+    """Sagas this orchestrator is driving now (in this process)."""
+    _poked: set[UUID]
+    """Sagas in flight here for which an event was stored meanwhile: their driver looks again
+    before it parks them."""
 
     async def _load(self, saga_id: UUID) -> SagaContext[Any]:
         context = await self.repository.get(saga_id)
@@ -71,9 +78,21 @@ class _Driving(_Calls):
 
     async def _start(self, context: SagaContext[Any], *, lease: bool = True) -> None:
         saga = _saga_of(context)
+        if self._inbox is None:
+            waits = [s.name for s in saga.steps if s.wait is not None and not s.wait.is_timer]
+            if waits:
+                raise TypeError(
+                    f"{saga.saga_type}: step {waits[0]!r} waits for an event, but "
+                    f"{type(self.repository).__name__} keeps no events (it is no SagaInbox); "
+                    "use a repository that does (all the built-in ones)"
+                )
         built = (context.created_at, context.updated_at, context.steps[0].copy())
         pending = machine.start(
-            context, self.clock.now(), timeout_minutes=saga.timeout_minutes, begin=lease
+            context,
+            self.clock.now(),
+            timeout_minutes=saga.timeout_minutes,
+            begin=lease,
+            steps=saga.steps,
         )
         try:
             await self._commit(context, pending, lease=lease)
@@ -87,16 +106,31 @@ class _Driving(_Calls):
         machine.reconcile_interrupted(context, self.clock.now())
 
     async def _drive(self, context: SagaContext[Any]) -> SagaResult[Any]:
+        """Drive the saga until it is terminal, or parked at a wait step (its result is then
+        ``running``, its current step ``waiting``)."""
+        saga_id = context.saga_id
+        self._in_flight.add(saga_id)
         try:
             while context.status is SagaStatus.RUNNING:
-                await self._advance_forward(context)
+                if await self._advance_forward(context):
+                    continue
+                if saga_id in self._poked:  # an event came while it was being parked
+                    self._poked.discard(saga_id)
+                    continue
+                # Parked at a wait: nothing holds it now (the event or recover() resumes it).
+                self._in_flight.discard(saga_id)
+                await self._release(saga_id)
+                return SagaResult.from_context(context)
             while context.status is SagaStatus.COMPENSATING:
                 await self._advance_compensation(context)
         except BaseException:
             # Stopped before the end (cancelled, parked, an error): a lease this process
             # holds is handed back now, not left to heartbeats that would keep it forever.
-            await self._release(context.saga_id)
+            await self._release(saga_id)
             raise
+        finally:
+            self._in_flight.discard(saga_id)
+            self._poked.discard(saga_id)
         return SagaResult.from_context(context)
 
     async def _strand(self, skipped: SkippedSaga) -> None:
@@ -121,12 +155,15 @@ class _Driving(_Calls):
 
     # ------------------------------------------------------------------ forward
 
-    async def _advance_forward(self, context: SagaContext[Any]) -> None:
-        """Run the current step until it completes or fails for good (both recorded)."""
+    async def _advance_forward(self, context: SagaContext[Any]) -> bool:
+        """Run the current step until it completes or fails for good (both recorded); False:
+        the saga is parked at a wait step instead."""
         index = context.current_step_index
         state = context.steps[index]
         steps = _saga_of(context).steps
         step = steps[index]
+        if step.wait is not None:
+            return await self._advance_wait(context, steps, index, step.wait)
         policy = step.retry or self.default_retry
         if state.status is StepStatus.PENDING:
             # Resumed: either a backoff was in progress or an attempt was interrupted. A
@@ -136,13 +173,13 @@ class _Driving(_Calls):
             failure = machine.why_no_attempt(context, step, state, policy, now)
             if failure is not None:
                 await self._commit(context, machine.fail_step(context, steps, index, failure, now))
-                return
+                return True
             if _stopping():
                 raise _Parked  # a stopping worker starts no step: any worker resumes it
             await self._commit(context, machine.begin_attempt(context, index, now))
         if state.status is StepStatus.COMPLETED:  # pragma: no cover - defensive
             context.current_step_index = min(index + 1, len(context.steps) - 1)
-            return
+            return True
 
         result = await self._attempt(context, step, state)
         now = self.clock.now()
@@ -155,6 +192,121 @@ class _Driving(_Calls):
                 context, steps, index, result.failure, policy, now, result.seconds
             )
         await self._commit(context, pending)
+        return True
+
+    # ------------------------------------------------------------------ waits
+
+    async def _advance_wait(
+        self,
+        context: SagaContext[Any],
+        steps: tuple[SagaStep[Any], ...],
+        index: int,
+        wait: Wait[Any],
+    ) -> bool:
+        """A wait step: begin it, consume its event, end it at its time, or park the saga
+        (False; a worker's drive raises _Parked instead)."""
+        state = context.steps[index]
+        if state.status is StepStatus.PENDING:
+            if _stopping():
+                raise _Parked
+            await self._commit(context, machine.begin_step(context, steps, index, self.clock.now()))
+            return True
+        if state.status is not StepStatus.WAITING:  # pragma: no cover - defensive
+            raise SagaStateError(
+                f"saga {context.saga_id}: wait step {state.name} is {state.status.value}",
+                saga_id=context.saga_id,
+            )
+        # The wait is recorded: an event stored before this read is seen here, and one stored
+        # after it makes the saga due (or pokes this driver), so none is missed.
+        wake = machine.wake_at(context, steps)
+        if wait.event is not None:
+            event = await self._next_event(context, wait.event, wake)
+            if event is not None:
+                await self._consume(context, steps, index, wait, event)
+                return True
+        now = self.clock.now()
+        if wake is not None and now >= wake:
+            await self._commit(context, machine.wait_expired(context, steps, index, now))
+            return True
+        if _control.get() is not None:
+            if wait.event is None:
+                await self._sleep_until(wake)  # a short timer is slept; a long one parks
+                return True
+            raise _Parked  # the event's notification, or its timeout, wakes a worker
+        return False
+
+    async def _next_event(
+        self, context: SagaContext[Any], name: str, wake: datetime | None
+    ) -> InboxEvent | None:
+        """The first event ``name`` kept for the saga that no step consumed yet and that
+        came before the wait's time was up (a later one loses to the timeout)."""
+        if self._inbox is None:
+            raise SagaStateError(
+                f"saga {context.saga_id} waits for event {name!r}, but "
+                f"{type(self.repository).__name__} keeps no events (it is no SagaInbox)",
+                saga_id=context.saga_id,
+            )
+        consumed = {state.event_id for state in context.steps if state.event_id is not None}
+        for event in await self._inbox.saga_events(context.saga_id):
+            if event.name != name or event.event_id in consumed:
+                continue
+            if wake is not None and event.received_at >= wake:
+                continue  # too late: the timeout (or the deadline) wins
+            return event
+        return None
+
+    async def _consume(
+        self,
+        context: SagaContext[Any],
+        steps: tuple[SagaStep[Any], ...],
+        index: int,
+        wait: Wait[Any],
+        event: InboxEvent,
+    ) -> None:
+        """Consume ``event``: its fields set on the data and the step completed, in one
+        write; or, rejected (``accept`` raised, a field the data has not), the step failed."""
+        state = context.steps[index]
+        try:
+            payload = event.data()
+            fields = wait.accept(context.data, payload) if wait.accept is not None else payload
+            checked = self._check_result(context, state.name, fields, source="event")
+        except Exception as exc:
+            now = self.clock.now()
+            state.event_id = event.event_id  # consumed: a redelivery is a duplicate
+            failure = machine.Failure(
+                text=f"event {event.event_id!r} rejected: {_describe(exc)}",
+                retryable=False,
+                effect_possible=False,
+            )
+            seconds = (now - (state.started_at or now)).total_seconds()
+            await self._commit(
+                context, machine.fail_step(context, steps, index, failure, now, seconds)
+            )
+            return
+        _apply(context, checked)
+        pending = machine.end_wait(
+            context, steps, index, self.clock.now(), event_id=event.event_id, stopping=_stopping()
+        )
+        await self._commit(context, pending)
+
+    async def _wake(self, saga_id: UUID) -> SagaResult[Any] | None:
+        """Drive a saga parked at a wait step here, now (an event came, or its time): its
+        result; None if another driver has it (in this process: poked to look again)."""
+        if saga_id in self._in_flight:
+            self._poked.add(saga_id)
+            return None
+        context = await self.repository.get(saga_id)
+        if context is None or context.status is not SagaStatus.RUNNING:
+            return None
+        state = context.steps[context.current_step_index]
+        if state.status is not StepStatus.WAITING or saga_id in self._in_flight:
+            return None  # not parked: whoever drives it sees the event at its wait
+        self.registry.rebuild(context)
+        try:
+            return await self._drive(context)
+        except SagaConflictError as exc:  # another process took it on first
+            logger.info("saga.wake.conflict: %s", exc)
+            return None
 
     # ------------------------------------------------------------------ backward
 

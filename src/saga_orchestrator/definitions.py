@@ -18,7 +18,18 @@ from .errors import SagaDefinitionError, SagaDefinitionMismatchError
 from .retry import RetryPolicy
 from .state import SagaContext, StepState
 
-__all__ = ["Action", "BaseSaga", "Compensation", "SagaStep", "default_correlation_id"]
+__all__ = [
+    "Action",
+    "BaseSaga",
+    "Compensation",
+    "EventAcceptor",
+    "SagaStep",
+    "Wait",
+    "default_correlation_id",
+    "sleep_for",
+    "sleep_until",
+    "wait_for_event",
+]
 
 T = TypeVar("T")
 
@@ -26,6 +37,65 @@ Action = Callable[[T], Awaitable[Mapping[str, Any] | None]]
 """A forward step: receives the saga's data, returns fields to set on it (or ``None``)."""
 Compensation = Callable[[T], Awaitable[None]]
 """Undoes a step's effect. Must tolerate having nothing to undo, and being run twice."""
+EventAcceptor = Callable[[T, Mapping[str, Any]], Mapping[str, Any] | None]
+"""Checks an event's payload against the saga's data and returns the data fields to set (or
+``None``); raising rejects the event, which fails the wait step. A plain function (not
+``async``), without side effects: it may run again after a crash."""
+
+
+_NAME_LIMIT = 200
+
+
+def _check_name(what: str, value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise SagaDefinitionError(f"{what} must be a non-empty string, got {value!r}")
+    if len(value) > _NAME_LIMIT:
+        raise SagaDefinitionError(f"{what} is longer than {_NAME_LIMIT} characters: {value!r}")
+    return value
+
+
+def _check_seconds(step: str, name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SagaDefinitionError(
+            f"step {step!r}: {name} must be a number of seconds, got {value!r}", step=step
+        )
+    if not (value > 0 and math.isfinite(value)):
+        raise SagaDefinitionError(
+            f"step {step!r}: {name} must be a finite number > 0 (None for no limit), got {value}",
+            step=step,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Wait(Generic[T]):
+    """What a wait step waits for: an event addressed to the saga, or a time.
+
+    Build wait steps with [`wait_for_event`][saga_orchestrator.definitions.wait_for_event],
+    [`sleep_for`][saga_orchestrator.definitions.sleep_for] and
+    [`sleep_until`][saga_orchestrator.definitions.sleep_until] rather than by hand.
+    """
+
+    event: str | None = None
+    """The event's name (``"payment.captured"``); ``None`` for a timer."""
+    timeout_seconds: float | None = None
+    """An event wait: how long to wait before the step fails (``None``: no limit but the
+    saga's deadline). A timer: how long to sleep."""
+    until: Callable[[T], datetime] | None = None
+    """A timer: the instant to sleep until, from the saga's data (a timezone-aware
+    ``datetime``), computed when the wait begins."""
+    accept: EventAcceptor[T] | None = None
+    """An event wait: checks the payload and returns the data fields to set (see
+    [`EventAcceptor`][saga_orchestrator.definitions.EventAcceptor]). ``None``: the payload's
+    fields are set on the data as they are, as an action's result is."""
+
+    @property
+    def is_timer(self) -> bool:
+        """Whether this waits for a time rather than an event."""
+        return self.event is None
+
+    def describe(self) -> str:
+        """``event 'payment.captured'`` or ``a timer``, for messages."""
+        return f"event {self.event!r}" if self.event is not None else "a timer"
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +126,12 @@ class SagaStep(Generic[T]):
     acted and is compensated. Exceptions marked ``refused = True`` (such as
     [`StepRefusedError`][saga_orchestrator.errors.StepRefusedError]) are refusals for every
     step; see [`is_refusal`][saga_orchestrator.retry.is_refusal]."""
+    wait: Wait[T] | None = None
+    """Makes this a *wait step* (its ``action`` is never called): the saga parks until the
+    event arrives or the time comes. Build one with
+    [`wait_for_event`][saga_orchestrator.definitions.wait_for_event],
+    [`sleep_for`][saga_orchestrator.definitions.sleep_for] or
+    [`sleep_until`][saga_orchestrator.definitions.sleep_until]."""
 
     def __post_init__(self) -> None:
         """Check the step as it is built.
@@ -105,6 +181,104 @@ class SagaStep(Generic[T]):
                     step=self.name,
                 )
         object.__setattr__(self, "refusals", refusals)
+        if self.wait is not None:
+            self._check_wait(self.wait)
+
+    def _check_wait(self, wait: Wait[T]) -> None:
+        name = self.name
+        if not isinstance(wait, Wait):
+            raise SagaDefinitionError(
+                f"step {name!r}: wait must be a Wait, got {type(wait).__name__}", step=name
+            )
+        if wait.event is not None:
+            _check_name(f"step {name!r}: the event name", wait.event)
+            if wait.until is not None:
+                raise SagaDefinitionError(
+                    f"step {name!r}: an event wait takes timeout_seconds, not until", step=name
+                )
+            if self.retriable:
+                raise SagaDefinitionError(
+                    f"step {name!r}: a wait for an event cannot be retriable (it may time out)",
+                    step=name,
+                )
+            if wait.accept is not None and not callable(wait.accept):
+                raise SagaDefinitionError(f"step {name!r}: accept is not callable", step=name)
+            if wait.accept is not None and _is_coroutine_function(wait.accept):
+                raise SagaDefinitionError(
+                    f"step {name!r}: accept must be a plain function, not `async def`", step=name
+                )
+        elif (wait.timeout_seconds is None) == (wait.until is None):
+            raise SagaDefinitionError(
+                f"step {name!r}: a timer needs exactly one of timeout_seconds (sleep_for) and "
+                "until (sleep_until)",
+                step=name,
+            )
+        elif wait.until is not None and not callable(wait.until):
+            raise SagaDefinitionError(f"step {name!r}: until is not callable", step=name)
+        if wait.timeout_seconds is not None:
+            _check_seconds(name, "timeout_seconds", wait.timeout_seconds)
+        if self.timeout_seconds is not None or self.retry is not None or self.refusals:
+            raise SagaDefinitionError(
+                f"step {name!r}: a wait step has no action, so no timeout_seconds, retry or "
+                "refusals (the wait's own timeout is Wait.timeout_seconds)",
+                step=name,
+            )
+
+
+async def _wait_step_action(data: Any) -> None:
+    """The ``action`` of a wait step: never called (the engine waits instead)."""
+    raise RuntimeError("a wait step's action is never called")
+
+
+def wait_for_event(
+    name: str,
+    event: str,
+    *,
+    timeout_seconds: float | None = None,
+    accept: EventAcceptor[T] | None = None,
+    compensation: Compensation[T] | None = None,
+    compensation_retry: RetryPolicy | None = None,
+    compensation_timeout_seconds: float | None = None,
+) -> SagaStep[T]:
+    """A step that waits for the event ``event`` addressed to the saga
+    ([`SagaOrchestrator.deliver_event`][saga_orchestrator.orchestrator.SagaOrchestrator.deliver_event]).
+
+    The event's payload becomes fields of the saga's data (through ``accept``, if given), as
+    an action's result does, and the saga goes on. An event delivered before the saga
+    reaches the step is kept and consumed when it does. After ``timeout_seconds`` without
+    the event (or at the saga's deadline), or if ``accept`` rejects the payload (raises), the
+    step fails and the saga compensates the steps before it, last first. ``compensation``
+    undoes what the step's event stands for, should a later step fail.
+
+    Raises [`SagaDefinitionError`][saga_orchestrator.errors.SagaDefinitionError] for a bad
+    name, event name or timeout.
+    """
+    return SagaStep(
+        name,
+        _wait_step_action,
+        compensation=compensation,
+        compensation_retry=compensation_retry,
+        compensation_timeout_seconds=compensation_timeout_seconds,
+        wait=Wait(event=event, timeout_seconds=timeout_seconds, accept=accept),
+    )
+
+
+def sleep_for(name: str, seconds: float, *, retriable: bool = False) -> SagaStep[T]:
+    """A step that sleeps ``seconds`` (a durable timer: the saga is stored, and no task or
+    lease holds it meanwhile). A saga's deadline ends the sleep and fails the step, unless
+    ``retriable`` (after the pivot: the step then always completes)."""
+    return SagaStep(
+        name, _wait_step_action, retriable=retriable, wait=Wait(timeout_seconds=seconds)
+    )
+
+
+def sleep_until(
+    name: str, until: Callable[[T], datetime], *, retriable: bool = False
+) -> SagaStep[T]:
+    """A step that sleeps until ``until(data)``, a timezone-aware instant computed when the
+    step begins (an instant already past completes it at once). As ``sleep_for`` otherwise;
+    ``until`` raising, or giving a naive ``datetime``, fails the step."""
+    return SagaStep(name, _wait_step_action, retriable=retriable, wait=Wait(until=until))
 
 
 def _is_coroutine_function(fn: object) -> bool:

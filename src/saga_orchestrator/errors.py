@@ -12,6 +12,7 @@ from __future__ import annotations
 from uuid import UUID
 
 __all__ = [
+    "InvalidEventError",
     "InvalidStepResultError",
     "MainModuleDataWarning",
     "NonRetryableError",
@@ -169,12 +170,24 @@ class SagaNotFoundError(SagaError, LookupError):
         saga_id: the id that was looked up.
     """
 
-    def __init__(self, saga_id: UUID) -> None:
-        super().__init__(f"no saga with id {saga_id}", saga_id=saga_id)
+    def __init__(self, saga_id: UUID | None = None, *, correlation_id: str | None = None) -> None:
+        if saga_id is None and correlation_id is not None:
+            super().__init__(f"no saga with correlation id {correlation_id!r}")
+        else:
+            super().__init__(f"no saga with id {saga_id}", saga_id=saga_id)
+        self.correlation_id = correlation_id
+        """The correlation id that was looked up, if the saga was looked up by it."""
 
 
 class SagaStateError(SagaError):
     """The requested operation does not apply to the saga in its current status."""
+
+
+class InvalidEventError(SagaError, ValueError):
+    """An event given to ``SagaOrchestrator.deliver_event`` cannot be delivered as given: a
+    bad name or id, a payload that is not a mapping of storable values, no saga or two ways
+    of addressing one, or an event its saga's definition never waits for. Nothing was
+    stored."""
 
 
 class UnknownSagaTypeError(SagaError, LookupError):

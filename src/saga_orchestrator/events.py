@@ -42,6 +42,10 @@ class SagaEventType(StrEnum):
     """A step's compensation succeeded."""
     STEP_COMPENSATION_FAILED = "step.compensation_failed"
     """An attempt of a compensation failed (see ``will_retry``)."""
+    STEP_WAITING = "step.waiting"
+    """A wait step begins: the saga parks until its event arrives or its time comes. Its
+    outcome is ``step.completed`` (the event was consumed, the timer elapsed) or
+    ``step.failed`` (timed out, the saga's deadline, the event rejected, cancelled)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .definitions import SagaStep
@@ -26,17 +26,21 @@ from .retry import RetryPolicy
 from .state import ErrorKind, ErrorRecord, SagaContext, SagaStatus, StepState, StepStatus
 
 __all__ = [
+    "NEVER",
     "SAGA_TRANSITIONS",
     "STEP_TRANSITIONS",
     "Failure",
     "Transition",
     "attempt_failed",
     "begin_attempt",
+    "begin_step",
     "cancel",
     "compensation_failed",
     "compensation_succeeded",
     "complete_step",
+    "end_wait",
     "fail_step",
+    "parked_until",
     "reconcile_interrupted",
     "resume_compensation",
     "retry_failed",
@@ -44,6 +48,7 @@ __all__ = [
     "undo_start",
     "unrecorded_attempt_end",
     "unrecorded_attempt_start",
+    "wait_expired",
     "wake_at",
     "why_no_attempt",
 ]
@@ -77,9 +82,16 @@ STEP_TRANSITIONS: frozenset[tuple[StepStatus, StepStatus]] = frozenset(
         (_T.COMPENSATING, _T.COMPENSATED),  # the compensation succeeded
         (_T.COMPENSATING, _T.COMPENSATION_FAILED),  # ... failed on every attempt
         (_T.COMPENSATION_FAILED, _T.COMPENSATING),  # retry()
+        (_T.PENDING, _T.WAITING),  # a wait step begins: the saga parks
+        (_T.WAITING, _T.COMPLETED),  # its event was consumed, or its timer elapsed
+        (_T.WAITING, _T.FAILED),  # timed out, the deadline, the event rejected, cancel()
     }
 )
 """Every change of a step's status."""
+
+NEVER = datetime(9999, 12, 31, tzinfo=UTC)
+"""``wake_at`` of a saga waiting for an event with no timeout and no deadline: only the event
+wakes it (stored as is, so that a store's timer column orders and compares as usual)."""
 
 COMPENSATION_FAILED_SEPARATOR = "; compensating "
 """Between why a saga compensated and why a compensation gave up, in ``SagaContext.error``."""
@@ -140,9 +152,15 @@ def _age(context: SagaContext[Any], now: datetime) -> float | None:
 
 
 def start(
-    context: SagaContext[Any], now: datetime, *, timeout_minutes: float | None, begin: bool
+    context: SagaContext[Any],
+    now: datetime,
+    *,
+    timeout_minutes: float | None,
+    begin: bool,
+    steps: Sequence[SagaStep[Any]] | None = None,
 ) -> Transition:
-    """The first write: the saga is ``running``; with ``begin``, its first attempt started."""
+    """The first write: the saga is ``running``; with ``begin``, its first step begun (an
+    attempt started or, for a wait step in ``steps``, the wait)."""
     t = Transition(now=now)
     _saga_to(context, SagaStatus.RUNNING)
     context.created_at = now
@@ -152,7 +170,7 @@ def start(
     context.current_step_index = 0
     t.emit(SagaEventType.SAGA_STARTED)
     if begin:
-        _begin_attempt(context, 0, now, t)
+        _begin(context, steps, 0, now, t)
     return t
 
 
@@ -193,7 +211,14 @@ def wake_at(context: SagaContext[Any], steps: Sequence[SagaStep[Any]] | None) ->
     if context.is_terminal or not 0 <= context.current_step_index < len(context.steps):
         return None
     index = context.current_step_index
-    when = context.steps[index].next_attempt_at
+    state = context.steps[index]
+    if state.status is StepStatus.WAITING and context.status is SagaStatus.RUNNING:
+        # A wait: its timer, or its event's timeout (NEVER: none), the deadline first.
+        when = state.wait_until
+        if context.deadline is not None and not (steps is not None and steps[index].retriable):
+            when = context.deadline if when is None else min(when, context.deadline)
+        return NEVER if when is None else when
+    when = state.next_attempt_at
     if (
         when is not None
         and context.status is SagaStatus.RUNNING
@@ -203,6 +228,20 @@ def wake_at(context: SagaContext[Any], steps: Sequence[SagaStep[Any]] | None) ->
     ):
         return context.deadline
     return when
+
+
+def parked_until(context: SagaContext[Any]) -> datetime | None:
+    """For a saga at a wait step, the ``wake_at`` a store keeps to find it when due (``NEVER``:
+    only an event wakes it); ``None`` for any other saga. The saga's definition is read from
+    the context (``context._saga``), when attached."""
+    if context.status is not SagaStatus.RUNNING or not 0 <= context.current_step_index < len(
+        context.steps
+    ):
+        return None
+    if context.steps[context.current_step_index].status is not StepStatus.WAITING:
+        return None
+    saga = context._saga
+    return wake_at(context, saga.steps if saga is not None else None)
 
 
 # ---------------------------------------------------------------------------- forward
@@ -234,6 +273,109 @@ def begin_attempt(context: SagaContext[Any], index: int, now: datetime) -> Trans
     t = Transition(now=now)
     _begin_attempt(context, index, now, t)
     return t
+
+
+def begin_step(
+    context: SagaContext[Any], steps: Sequence[SagaStep[Any]], index: int, now: datetime
+) -> Transition:
+    """The step begins: an attempt of its action, or, for a wait step, the wait."""
+    t = Transition(now=now)
+    _begin(context, steps, index, now, t)
+    return t
+
+
+def _begin(
+    context: SagaContext[Any],
+    steps: Sequence[SagaStep[Any]] | None,
+    index: int,
+    now: datetime,
+    t: Transition,
+) -> None:
+    wait = steps[index].wait if steps is not None else None
+    if wait is None:
+        _begin_attempt(context, index, now, t)
+        return
+    assert steps is not None
+    state = context.steps[index]
+    _step_to(state, StepStatus.WAITING)
+    state.attempts += 1
+    state.next_attempt_at = None
+    state.started_at = state.started_at or now
+    state.waiting_for = wait.event
+    context.current_step_index = index
+    error: str | None = None
+    if wait.until is not None:
+        try:
+            until = wait.until(context.data)
+        except Exception as exc:
+            until, error = now, f"until raised {type(exc).__name__}: {exc}"
+        if not isinstance(until, datetime) or until.tzinfo is None:
+            until, error = now, error or f"until gave {until!r}, not a timezone-aware datetime"
+        state.wait_until = until
+    elif wait.timeout_seconds is not None:
+        state.wait_until = now + timedelta(seconds=wait.timeout_seconds)
+    else:
+        state.wait_until = None
+    t.emit(SagaEventType.STEP_WAITING, step=state.name, attempt=state.attempts)
+    if error is not None:  # the timer cannot be set: the step fails now
+        failure = Failure(text=error, retryable=False, effect_possible=False)
+        _fail(context, steps, index, failure, now, None, t)
+
+
+def end_wait(
+    context: SagaContext[Any],
+    steps: Sequence[SagaStep[Any]],
+    index: int,
+    now: datetime,
+    *,
+    event_id: str | None = None,
+    stopping: bool = False,
+) -> Transition:
+    """A wait step completes: its event ``event_id`` was consumed (its fields applied to the
+    data already), or its timer elapsed; the saga goes on as after ``complete_step``."""
+    state = context.steps[index]
+    if event_id is not None:
+        state.event_id = event_id
+    started = state.started_at or now
+    return complete_step(
+        context, steps, index, now, (now - started).total_seconds(), stopping=stopping
+    )
+
+
+def wait_expired(
+    context: SagaContext[Any], steps: Sequence[SagaStep[Any]], index: int, now: datetime
+) -> Transition:
+    """A wait step's time has come (``now >= wake_at``) with no event consumed: a timer
+    completes, unless the saga's deadline came first; a wait for an event fails (timed
+    out, or the deadline), and the saga compensates."""
+    state = context.steps[index]
+    step = steps[index]
+    deadline = context.deadline
+    past_deadline = (
+        deadline is not None
+        and now >= deadline
+        and not step.retriable
+        and (state.wait_until is None or deadline < state.wait_until)
+    )
+    if state.waiting_for is None and not past_deadline:
+        return end_wait(context, steps, index, now)
+    assert step.wait is not None
+    if past_deadline:
+        assert deadline is not None
+        what = step.wait.describe()
+        text = f"saga deadline {deadline.isoformat()} exceeded while waiting for {what}"
+    else:
+        waited = step.wait.timeout_seconds
+        text = f"TimeoutError: no event {state.waiting_for!r} within {waited:g}s"
+    seconds = (now - (state.started_at or now)).total_seconds()
+    return fail_step(
+        context,
+        steps,
+        index,
+        Failure(text=text, retryable=False, effect_possible=False),
+        now,
+        seconds,
+    )
 
 
 def _begin_attempt(context: SagaContext[Any], index: int, now: datetime, t: Transition) -> None:
@@ -284,7 +426,7 @@ def complete_step(
     elif stopping:
         context.current_step_index = nxt  # not begun: handed back to start it later
     else:
-        _begin_attempt(context, nxt, now, t)
+        _begin(context, steps, nxt, now, t)
     return t
 
 
@@ -332,6 +474,19 @@ def fail_step(
 ) -> Transition:
     """The step fails for good: the saga turns to compensating, from this step backwards."""
     t = Transition(now=now)
+    _fail(context, steps, index, failure, now, seconds, t)
+    return t
+
+
+def _fail(
+    context: SagaContext[Any],
+    steps: Sequence[SagaStep[Any]],
+    index: int,
+    failure: Failure,
+    now: datetime,
+    seconds: float | None,
+    t: Transition,
+) -> None:
     state = context.steps[index]
     _step_to(state, StepStatus.FAILED)
     state.error = failure.text
@@ -345,7 +500,6 @@ def fail_step(
         duration_seconds=seconds,
     )
     _enter_compensation(context, steps, index, f"{state.name}: {failure.text}", now, t)
-    return t
 
 
 def cancel(
@@ -356,10 +510,13 @@ def cancel(
     t = Transition(now=now)
     index = context.current_step_index
     state = context.steps[index]
-    if state.status is StepStatus.RUNNING or state.attempts:
+    if state.status in (StepStatus.RUNNING, StepStatus.WAITING) or state.attempts:
         if state.status is StepStatus.RUNNING:
             state.effect_possible = True
             state.error = f"cancelled while attempt {state.attempts} was running"
+        elif state.status is StepStatus.WAITING:
+            what = f"event {state.waiting_for!r}" if state.waiting_for else "a timer"
+            state.error = f"cancelled while waiting for {what}"
         _step_to(state, StepStatus.FAILED)
         state.next_attempt_at = None
         t.emit(

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Collection, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -19,7 +19,14 @@ from . import machine
 from ._calls import _describe
 from ._driving import _control, _Driving, _Parked, _saga_of
 from .definitions import BaseSaga, SagaStep
-from .errors import SagaAlreadyExistsError, SagaConflictError, UnknownSagaTypeError
+from .errors import (
+    InvalidEventError,
+    SagaAlreadyExistsError,
+    SagaConflictError,
+    SagaNotFoundError,
+    UnknownSagaTypeError,
+)
+from .inbox import Delivery, DeliveryStatus, InboxEvent, StoreOutcome, check_event
 from .protocols import (
     Clock,
     EventPublisher,
@@ -27,6 +34,7 @@ from .protocols import (
     IncrementalSagaRepository,
     LeasedSagaRepository,
     SagaIdLister,
+    SagaInbox,
     SagaListener,
     SagaRepository,
     StepInterceptor,
@@ -44,6 +52,7 @@ from .state import (
     SagaStatus,
     SkippedSaga,
     StepState,
+    StepStatus,
 )
 
 __all__ = ["DriveControl", "SagaOrchestrator"]
@@ -153,6 +162,9 @@ class SagaOrchestrator(_Driving):
         self._strandings: StrandingRecorder | None = (
             repository if isinstance(repository, StrandingRecorder) else None
         )
+        self._inbox: SagaInbox | None = repository if isinstance(repository, SagaInbox) else None
+        self._in_flight: set[UUID] = set()
+        self._poked: set[UUID] = set()
 
     # ------------------------------------------------------------------ public API
 
@@ -165,7 +177,10 @@ class SagaOrchestrator(_Driving):
     async def execute(self, saga: BaseSaga[T], *, on_workers: bool = False) -> SagaResult[T]:
         """Run ``saga`` to a terminal status and return its result.
 
-        If a saga with the same ``saga_id`` is already stored, it is resumed from its stored
+        A saga that reaches a wait step (``wait_for_event``, ``sleep_for``) is *parked*
+        there: the call returns its result with status ``running`` (its current step
+        ``waiting``), and ``deliver_event``, ``wake_due``, ``recover`` or a worker carries it
+        on. If a saga with the same ``saga_id`` is already stored, it is resumed from its stored
         state (or its stored result returned), never started twice. With
         ``on_workers=True`` the saga is submitted (``submit``) and run by a
         [`SagaWorker`][saga_orchestrator.worker.SagaWorker], and this call waits for its
@@ -248,7 +263,9 @@ class SagaOrchestrator(_Driving):
         ``saga.recovery.failed``); the others are still resumed. Meant for start-up: it
         assumes that no other live process is driving the same sagas (a saga advanced
         elsewhere in the meantime is detected by its version, left to that process and not
-        reported as skipped).
+        reported as skipped). A saga parked at a wait step is resumed too: it consumes an
+        event kept for it, or ends its wait if its time has come, or else stays parked and is
+        listed in ``report.waiting``.
         """
         report = RecoveryReport()
         limiter = anyio.CapacityLimiter(self.recovery_concurrency)
@@ -297,7 +314,11 @@ class SagaOrchestrator(_Driving):
                     return
                 try:
                     self._reconcile_interrupted(context)
-                    report.append(await self._drive(context))
+                    result = await self._drive(context)
+                    if result.status is SagaStatus.RUNNING:
+                        report.waiting.append(result)  # parked at a wait step
+                    else:
+                        report.append(result)
                 except SagaConflictError as exc:
                     logger.warning("saga.recovery.conflict: %s", exc)
                 except Exception as exc:
@@ -352,6 +373,139 @@ class SagaOrchestrator(_Driving):
         pending = machine.cancel(context, _saga_of(context).steps, reason, self.clock.now())
         await self._commit(context, pending)
         return await self._drive(context)
+
+    async def deliver_event(
+        self,
+        event: str,
+        payload: Mapping[str, Any] | None = None,
+        *,
+        event_id: str | UUID,
+        saga_id: UUID | None = None,
+        correlation_id: str | None = None,
+        drive: bool | None = None,
+    ) -> Delivery:
+        """Deliver the event ``event`` to one saga, addressed by ``saga_id`` or by
+        ``correlation_id`` (the most recent saga with it), for its wait step
+        ([`wait_for_event`][saga_orchestrator.definitions.wait_for_event]) to consume.
+
+        The event is stored in the saga's inbox first, durably, in the saga's repository. A
+        saga parked at that wait consumes it: ``payload``'s fields are set on its data (through
+        the step's ``accept``) and it goes on. An event that comes before the saga reaches its
+        wait is kept, and consumed when it does. Delivery is idempotent: an ``event_id``
+        delivered before changes nothing (``DUPLICATE``).
+
+        ``drive``: carry the saga on in this call, up to its end or its next wait (``None``,
+        the default: unless the repository has workers, whom the delivery wakes instead, by
+        LISTEN/NOTIFY on PostgreSQL). It needs the saga's type registered here; otherwise the
+        event is stored for ``wake_due``, ``recover`` or a worker.
+
+        Returns a [`Delivery`][saga_orchestrator.inbox.Delivery]: ``CONSUMED``, ``STORED``,
+        ``DUPLICATE``, or ``IGNORED`` (the saga is finished, compensating, or past every wait
+        for this event: nothing stored). Raises
+        [`SagaNotFoundError`][saga_orchestrator.errors.SagaNotFoundError] for an unknown
+        saga, and [`InvalidEventError`][saga_orchestrator.errors.InvalidEventError] for a bad
+        name, id, address or payload (nothing stored either way). The payload's fields are
+        checked against the saga's data when consumed: one the data has not fails the wait.
+        """
+        name, key, text = check_event(event, payload, event_id, saga_id, correlation_id)
+        if self._inbox is None:
+            raise TypeError(
+                f"{type(self.repository).__name__} keeps no events (it is no SagaInbox); use "
+                "a repository that does (all the built-in ones)"
+            )
+        if saga_id is not None:
+            context = await self.repository.get(saga_id)
+            if context is None:
+                raise SagaNotFoundError(saga_id)
+        else:
+            assert correlation_id is not None
+            context = await self.repository.get_by_correlation_id(correlation_id)
+            if context is None:
+                raise SagaNotFoundError(correlation_id=correlation_id)
+        target = context.saga_id
+
+        def answer(status: DeliveryStatus, saga_status: SagaStatus) -> Delivery:
+            return Delivery(status, target, saga_status, key)
+
+        if any(state.event_id == key for state in context.steps):
+            return answer(DeliveryStatus.DUPLICATE, context.status)
+        if context.status is not SagaStatus.RUNNING:
+            return answer(DeliveryStatus.IGNORED, context.status)
+        saga = self.registry.find(context)
+        if saga is not None:
+            waits = [s for s in saga.steps if s.wait is not None and s.wait.event == name]
+            if not waits:
+                raise InvalidEventError(
+                    f"saga {target} ({context.saga_type}) has no step waiting for event "
+                    f"{name!r}; its waits: "
+                    f"{sorted({s.wait.event for s in saga.steps if s.wait and s.wait.event})}",
+                    saga_id=target,
+                )
+            if not any(
+                index >= context.current_step_index
+                and context.steps[index].status in (StepStatus.PENDING, StepStatus.WAITING)
+                for index, step in enumerate(saga.steps)
+                if step.wait is not None and step.wait.event == name
+            ):
+                return answer(DeliveryStatus.IGNORED, context.status)
+        stored = await self._inbox.store_event(
+            InboxEvent(key, target, name, text, self.clock.now())
+        )
+        if stored is StoreOutcome.NO_SAGA:  # deleted meanwhile
+            raise SagaNotFoundError(target)
+        if stored is not StoreOutcome.STORED:
+            latest = await self.repository.get(target)
+            status = latest.status if latest is not None else context.status
+            if stored is StoreOutcome.DUPLICATE:
+                return answer(DeliveryStatus.DUPLICATE, status)
+            return answer(DeliveryStatus.IGNORED, status)
+        if drive is None:
+            drive = self._leases is None
+        if not drive or saga is None:
+            return answer(DeliveryStatus.STORED, SagaStatus.RUNNING)
+        result = await self._wake(target)
+        if result is None:  # driven elsewhere: what is stored now says
+            latest = await self.repository.get(target)
+            if latest is None:  # pragma: no cover - deleted meanwhile
+                return answer(DeliveryStatus.STORED, SagaStatus.RUNNING)
+            result = SagaResult.from_context(latest)
+        if any(state.event_id == key for state in result.steps):
+            return answer(DeliveryStatus.CONSUMED, result.status)
+        return answer(DeliveryStatus.STORED, result.status)
+
+    async def wake_due(self, *, limit: int = 1000) -> list[SagaResult[Any]]:
+        """Carry on every saga parked at a wait step that is due now: an event was delivered
+        for it (and not consumed), or its timer or timeout came. Returns their results
+        (``running`` if one parked again at its next wait).
+
+        This is the timer of a process without workers (SQLite, memory): call it every second
+        or so, or after ``deliver_event(..., drive=False)``. A saga this orchestrator is
+        driving, or whose type it has no factory for, is left alone. Workers do this
+        themselves (PostgreSQL).
+        """
+        if self._inbox is None:
+            raise TypeError(
+                f"{type(self.repository).__name__} keeps no parked sagas (it is no SagaInbox)"
+            )
+        results: list[SagaResult[Any]] = []
+        limiter = anyio.CapacityLimiter(self.recovery_concurrency)
+
+        async def wake(saga_id: UUID) -> None:
+            async with limiter:
+                try:
+                    result = await self._wake(saga_id)
+                except UnknownSagaTypeError as exc:
+                    logger.warning("saga.wake.skipped: saga %s: %s", saga_id, exc)
+                    return
+                if result is not None:
+                    results.append(result)
+
+        due = await self._inbox.due_waits(self.clock.now(), limit)
+        async with anyio.create_task_group() as tg:
+            for saga_id in due:
+                if saga_id not in self._in_flight:
+                    tg.start_soon(wake, saga_id)
+        return results
 
     async def get(self, saga_id: UUID) -> SagaContext[Any] | None:
         """The stored state of a saga, or ``None``."""

@@ -17,6 +17,7 @@ from typing import Any, Protocol, runtime_checkable
 from uuid import UUID
 
 from .events import SagaEvent
+from .inbox import InboxEvent, StoreOutcome
 from .runtime import StepRun
 from .serialization import StateChanges
 from .state import SagaContext, SagaStatus, SkippedSaga
@@ -30,6 +31,7 @@ __all__ = [
     "LeasedSagaRepository",
     "OutboxSource",
     "SagaIdLister",
+    "SagaInbox",
     "SagaListener",
     "SagaRepository",
     "SagaStatusCounter",
@@ -232,6 +234,34 @@ class TerminalWaiter(Protocol):
     async def wait_for_terminal(self, saga_id: UUID, seconds: float) -> bool:
         """Return when ``saga_id`` may have reached a terminal status (True), or after
         ``seconds`` (False)."""
+        ...
+
+
+@runtime_checkable
+class SagaInbox(Protocol):
+    """Optional repository capability: events addressed to sagas, kept until a wait step
+    consumes them, and the sagas parked at a wait step (``wait_for_event``, ``sleep_for``).
+    Every built-in repository has it; wait steps for events need it.
+
+    The consumed event's id is recorded in the saga's own step record
+    (``StepState.event_id``), in the write of the transition that consumes it: that is what
+    makes an event consumed once. The inbox keeps events; it need not mark them.
+    """
+
+    async def store_event(self, event: InboxEvent) -> StoreOutcome:
+        """Keep ``event`` for its saga, in one atomic step: only if the saga is stored and
+        ``running``, and no event with its id is kept already. A stored event also makes the
+        saga due (``due_waits``, and the timer workers claim by) if it is parked at a wait."""
+        ...
+
+    async def saga_events(self, saga_id: UUID) -> list[InboxEvent]:
+        """Every event kept for the saga, in the order they were stored."""
+        ...
+
+    async def due_waits(self, now: datetime, limit: int = 1000) -> list[UUID]:
+        """Sagas parked at a wait step (and held by no process) that are due at ``now``: their
+        timer or timeout has come, or an event was stored for them since they parked. Soonest
+        first, at most ``limit``."""
         ...
 
 

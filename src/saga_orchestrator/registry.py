@@ -99,6 +99,15 @@ class SagaRegistry:
         saga.attach(context)
         return saga
 
+    def find(self, context: SagaContext[Any]) -> BaseSaga[Any] | None:
+        """``rebuild(context)``, or ``None`` when no factory builds its type and version."""
+        if context.saga_type not in self:
+            return None
+        try:
+            return self.rebuild(context)
+        except UnknownSagaTypeError:
+            return None
+
     def _no_version(self, context: SagaContext[Any], built: int | None) -> str:
         known = sorted(self.versions(context.saga_type))
         parts = [f"version {v} (registered with version=)" for v in known]

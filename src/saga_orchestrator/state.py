@@ -69,15 +69,20 @@ class StepStatus(StrEnum):
     RUNNING = "running"
     """An attempt is in flight (or was, when its process died)."""
     COMPLETED = "completed"
-    """The action succeeded and its result was applied."""
+    """The action succeeded and its result was applied (a wait step: its event was consumed,
+    or its timer elapsed)."""
     FAILED = "failed"
-    """The action failed for good (see ``StepState.effect_possible``)."""
+    """The action failed for good (see ``StepState.effect_possible``); a wait step: it timed
+    out, the saga's deadline passed, its event was rejected, or the saga was cancelled."""
     COMPENSATING = "compensating"
     """Its compensation is in flight."""
     COMPENSATED = "compensated"
     """Its compensation succeeded."""
     COMPENSATION_FAILED = "compensation_failed"
     """Its compensation kept failing."""
+    WAITING = "waiting"
+    """A wait step: the saga is parked until its event arrives or its time comes
+    (``StepState.waiting_for``, ``StepState.wait_until``). No task and no lease hold it."""
 
 
 class ErrorKind(StrEnum):
@@ -134,6 +139,14 @@ class StepState:
     """When the compensation's first attempt started."""
     compensated_at: datetime | None = None
     """When the compensation succeeded."""
+    waiting_for: str | None = None
+    """A wait step for an event: the event's name (``None`` for a timer, and for other
+    steps)."""
+    wait_until: datetime | None = None
+    """A wait step: when its timer elapses, or when waiting for its event times out (``None``:
+    no timeout). Set when the wait begins; the saga's deadline may end the wait earlier."""
+    event_id: str | None = None
+    """A wait step for an event: the id of the event it consumed."""
 
     @property
     def needs_compensation(self) -> bool:
@@ -161,6 +174,9 @@ class StepState:
             self.compensation_error,
             self.compensation_started_at,
             self.compensated_at,
+            self.waiting_for,
+            self.wait_until,
+            self.event_id,
         )
 
 
@@ -321,6 +337,9 @@ class RecoveryReport(list[SagaResult[Any]]):
         super().__init__(resumed)
         self.skipped: list[SkippedSaga] = []
         """The sagas left unfinished, and why."""
+        self.waiting: list[SagaResult[Any]] = []
+        """The sagas left parked at a wait step (``running``, their step ``waiting``): their
+        event has not come, and their time not either."""
 
     @property
     def resumed(self) -> list[SagaResult[Any]]:

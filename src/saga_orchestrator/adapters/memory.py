@@ -17,6 +17,8 @@ import anyio.lowlevel
 
 from ..errors import SagaAlreadyExistsError, SagaConflictError
 from ..events import SagaEvent
+from ..inbox import InboxEvent, StoreOutcome
+from ..machine import parked_until
 from ..serialization import decode_context
 from ..state import SagaContext, SagaStatus, SkippedSaga
 
@@ -43,13 +45,15 @@ class _Row:
     status: SagaStatus
     version: int
     state: str
+    wake_at: datetime | None = None  # parked at a wait step: when due
 
 
 class InMemorySagaRepository:
     """A [`SagaRepository`][saga_orchestrator.protocols.SagaRepository] in a dict.
 
-    It also implements [`SagaStatusCounter`][saga_orchestrator.protocols.SagaStatusCounter]
-    and [`StrandingRecorder`][saga_orchestrator.protocols.StrandingRecorder].
+    It also implements [`SagaStatusCounter`][saga_orchestrator.protocols.SagaStatusCounter],
+    [`StrandingRecorder`][saga_orchestrator.protocols.StrandingRecorder] and
+    [`SagaInbox`][saga_orchestrator.protocols.SagaInbox].
     """
 
     process_local = True
@@ -59,6 +63,8 @@ class InMemorySagaRepository:
     def __init__(self) -> None:
         self._rows: dict[UUID, _Row] = {}
         self._stranded: dict[UUID, tuple[int, int | None, str]] = {}
+        self._event_ids: set[str] = set()
+        self._events: dict[UUID, list[InboxEvent]] = {}  # by saga, in the order stored
         self._counter = 0
         self.writes = 0
         """Committed writes, for tests that count transactions."""
@@ -78,6 +84,7 @@ class InMemorySagaRepository:
             status=context.status,
             version=context.version,
             state=state,
+            wake_at=parked_until(context),
         )
         self.writes += 1
 
@@ -99,6 +106,7 @@ class InMemorySagaRepository:
             raise SagaConflictError(context.saga_id, expected_version)
         # The row mirrors the context's status (decided by the state machine) for queries.
         row.status, row.version, row.state = context.status, context.version, state
+        row.wake_at = parked_until(context)
         self.writes += 1
 
     async def get(self, saga_id: UUID) -> SagaContext[Any] | None:
@@ -174,6 +182,38 @@ class InMemorySagaRepository:
             if row is not None and row.version == version and not row.status.is_terminal:
                 found.append(SkippedSaga(saga_id, row.saga_type, reason, saga_version))
         return found[:limit]
+
+    async def store_event(self, event: InboxEvent) -> StoreOutcome:
+        """Keep ``event`` for its running saga, unless its id is kept already (see
+        [`SagaInbox`][saga_orchestrator.protocols.SagaInbox])."""
+        await _checkpoint()
+        row = self._rows.get(event.saga_id)
+        if row is None:
+            return StoreOutcome.NO_SAGA
+        if event.event_id in self._event_ids:
+            return StoreOutcome.DUPLICATE
+        if row.status is not SagaStatus.RUNNING:
+            return StoreOutcome.NOT_RUNNING
+        self._event_ids.add(event.event_id)
+        self._events.setdefault(event.saga_id, []).append(event)
+        if row.wake_at is not None:
+            row.wake_at = min(row.wake_at, event.received_at)  # due now
+        return StoreOutcome.STORED
+
+    async def saga_events(self, saga_id: UUID) -> list[InboxEvent]:
+        """Every event kept for the saga, in the order stored."""
+        await _checkpoint()
+        return list(self._events.get(saga_id, ()))
+
+    async def due_waits(self, now: datetime, limit: int = 1000) -> list[UUID]:
+        """Sagas parked at a wait step that are due at ``now``, soonest first."""
+        await _checkpoint()
+        due = [
+            (row.wake_at, row.order, saga_id)
+            for saga_id, row in self._rows.items()
+            if row.wake_at is not None and row.wake_at <= now
+        ]
+        return [saga_id for _, _, saga_id in sorted(due)[:limit]]
 
     async def count_by_status(
         self, statuses: Collection[SagaStatus]

@@ -33,6 +33,8 @@ import anyio.to_thread
 
 from ..errors import SagaAlreadyExistsError, SagaConflictError
 from ..events import SagaEvent, decode_event, encode_event
+from ..inbox import InboxEvent, StoreOutcome
+from ..machine import parked_until
 from ..serialization import decode_context
 from ..state import ACTIVE_STATUSES, SagaContext, SagaStatus, SkippedSaga
 from ._common import fetch_all, pending_migrations, script_statements, selection, status_filter
@@ -228,8 +230,9 @@ class _SQLiteBase(AsyncLifecycle):
 class SQLiteSagaRepository(_SQLiteBase):
     """A [`SagaRepository`][saga_orchestrator.protocols.SagaRepository] in one SQLite file.
 
-    It also implements [`SagaStatusCounter`][saga_orchestrator.protocols.SagaStatusCounter]
-    and [`StrandingRecorder`][saga_orchestrator.protocols.StrandingRecorder].
+    It also implements [`SagaStatusCounter`][saga_orchestrator.protocols.SagaStatusCounter],
+    [`StrandingRecorder`][saga_orchestrator.protocols.StrandingRecorder] and
+    [`SagaInbox`][saga_orchestrator.protocols.SagaInbox] (events in ``saga_inbox``).
     Use it as an async context manager, or call ``open`` and ``close``.
 
     Args:
@@ -294,6 +297,7 @@ class SQLiteSagaRepository(_SQLiteBase):
             _iso(context.created_at),
             _iso(context.updated_at),
             state,
+            _wake(context),
         )
 
         outbox = self._outbox_rows(events)
@@ -302,7 +306,7 @@ class SQLiteSagaRepository(_SQLiteBase):
             try:
                 connection.execute(
                     "INSERT INTO sagas (saga_id, saga_type, correlation_id, status, version,"
-                    " created_at, updated_at, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    " created_at, updated_at, state, wake_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     row,
                 )
             except sqlite3.IntegrityError:
@@ -329,6 +333,7 @@ class SQLiteSagaRepository(_SQLiteBase):
             context.version,
             _iso(context.updated_at),
             state,
+            _wake(context),
             str(context.saga_id),
             expected_version,
         )
@@ -337,8 +342,8 @@ class SQLiteSagaRepository(_SQLiteBase):
 
         def op(connection: sqlite3.Connection) -> None:
             cursor = connection.execute(
-                "UPDATE sagas SET status = ?, version = ?, updated_at = ?, state = ?"
-                " WHERE saga_id = ? AND version = ?",
+                "UPDATE sagas SET status = ?, version = ?, updated_at = ?, state = ?,"
+                " wake_at = ? WHERE saga_id = ? AND version = ?",
                 params,
             )
             if cursor.rowcount != 1:
@@ -462,6 +467,65 @@ class SQLiteSagaRepository(_SQLiteBase):
         )
         return [SkippedSaga(UUID(row[0]), row[1], row[2], row[3]) for row in rows]
 
+    async def store_event(self, event: InboxEvent) -> StoreOutcome:
+        """Keep ``event`` for its running saga, unless its id is kept already, and make the
+        saga due if it is parked at a wait (see
+        [`SagaInbox`][saga_orchestrator.protocols.SagaInbox])."""
+        saga_id = str(event.saga_id)
+        received = _utc(event.received_at)
+        row = (event.event_id, saga_id, event.name, event.payload, received)
+
+        def op(connection: sqlite3.Connection) -> StoreOutcome:
+            found = connection.execute(
+                "SELECT status FROM sagas WHERE saga_id = ?", (saga_id,)
+            ).fetchone()
+            if found is None:
+                return StoreOutcome.NO_SAGA
+            if connection.execute(
+                "SELECT 1 FROM saga_inbox WHERE event_id = ?", (event.event_id,)
+            ).fetchone():
+                return StoreOutcome.DUPLICATE
+            if found[0] != SagaStatus.RUNNING.value:
+                return StoreOutcome.NOT_RUNNING
+            connection.execute(
+                "INSERT INTO saga_inbox (event_id, saga_id, name, payload, received_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                row,
+            )
+            connection.execute(
+                "UPDATE sagas SET wake_at = ? WHERE saga_id = ? AND wake_at > ?",
+                (received, saga_id, received),
+            )
+            return StoreOutcome.STORED
+
+        outcome: StoreOutcome = await self._db.write(op)
+        return outcome
+
+    async def saga_events(self, saga_id: UUID) -> list[InboxEvent]:
+        """Every event kept for the saga, in the order stored."""
+        rows = await self._db.read(
+            lambda c: c.execute(
+                "SELECT event_id, name, payload, received_at FROM saga_inbox"
+                " WHERE saga_id = ? ORDER BY seq",
+                (str(saga_id),),
+            ).fetchall()
+        )
+        return [
+            InboxEvent(row[0], saga_id, row[1], row[2], datetime.fromisoformat(row[3]))
+            for row in rows
+        ]
+
+    async def due_waits(self, now: datetime, limit: int = 1000) -> list[UUID]:
+        """Sagas parked at a wait step that are due at ``now``, soonest first."""
+        rows = await self._db.read(
+            lambda c: c.execute(
+                "SELECT saga_id FROM sagas WHERE wake_at IS NOT NULL AND wake_at <= ?"
+                " ORDER BY wake_at LIMIT ?",
+                (_utc(now), int(limit)),
+            ).fetchall()
+        )
+        return [UUID(row[0]) for row in rows]
+
     async def fetch_unsent(self, limit: int) -> list[tuple[int, SagaEvent]]:
         """Up to ``limit`` events not yet marked sent, as ``(outbox id, event)``, oldest
         first (each saga's in ``sequence`` order).
@@ -576,6 +640,12 @@ _MAX_PARAMETERS = 500
 
 def _iso(value: datetime | None) -> str:
     return (value or datetime.now(UTC)).isoformat()
+
+
+def _wake(context: SagaContext[Any]) -> str | None:
+    """The ``wake_at`` column: when a saga parked at a wait step is due (else NULL)."""
+    when = parked_until(context)
+    return _utc(when) if when is not None else None
 
 
 def _utc(value: datetime) -> str:

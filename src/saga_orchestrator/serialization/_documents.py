@@ -71,6 +71,12 @@ def _encode_step(step: StepState) -> dict[str, Any]:
         record["compensation_started_at"] = _dt(step.compensation_started_at)
     if step.compensated_at is not None:
         record["compensated_at"] = _dt(step.compensated_at)
+    if step.waiting_for is not None:
+        record["waiting_for"] = step.waiting_for
+    if step.wait_until is not None:
+        record["wait_until"] = _dt(step.wait_until)
+    if step.event_id is not None:
+        record["event_id"] = step.event_id
     return record
 
 
@@ -124,6 +130,9 @@ def _step_text(step: StepState) -> str:
         and step.compensation_error is None
         and step.compensation_started_at is None
         and step.compensated_at is None
+        and step.waiting_for is None
+        and step.wait_until is None
+        and step.event_id is None
     ):
         # The forward path's three shapes, in one piece each: not yet run, running, done.
         status, attempts, started = step.status, step.attempts, step.started_at
@@ -162,6 +171,12 @@ def _step_text(step: StepState) -> str:
         parts += [',"compensation_started_at":', _time_json(step.compensation_started_at)]
     if step.compensated_at is not None:
         parts += [',"compensated_at":', _time_json(step.compensated_at)]
+    if step.waiting_for is not None:
+        parts += [',"waiting_for":', _quote(step.waiting_for)]
+    if step.wait_until is not None:
+        parts += [',"wait_until":', _time_json(step.wait_until)]
+    if step.event_id is not None:
+        parts += [',"event_id":', _quote(step.event_id)]
     parts.append("}")
     return "".join(parts)
 
@@ -408,6 +423,9 @@ def _decode_step(raw: Any) -> StepState:
             _time(raw, "compensation_started_at") if "compensation_started_at" in raw else None
         ),
         compensated_at=_time(raw, "compensated_at") if "compensated_at" in raw else None,
+        waiting_for=_get(raw, "waiting_for", str, optional=True) if "waiting_for" in raw else None,
+        wait_until=_time(raw, "wait_until") if "wait_until" in raw else None,
+        event_id=_get(raw, "event_id", str, optional=True) if "event_id" in raw else None,
     )
 
 

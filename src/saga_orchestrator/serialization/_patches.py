@@ -164,13 +164,14 @@ def _head_json(context: SagaContext[Any], index: int, value: Any) -> str:
 
 
 _STEP_COUNTS = ("attempts", "compensation_attempts")
-_STEP_TEXTS = ("error", "compensation_error")
+_STEP_TEXTS = ("error", "compensation_error", "waiting_for", "event_id")
 _STEP_INSTANTS = (
     "started_at",
     "completed_at",
     "next_attempt_at",
     "compensation_started_at",
     "compensated_at",
+    "wait_until",
 )
 
 

@@ -49,6 +49,7 @@ TYPE_CODES: tuple[str, ...] = (
     "compensation.started",
     "step.compensated",
     "step.compensation_failed",
+    "step.waiting",
 )
 """An event type's code in a compact event: its position here. Stored rows name types by
 these codes, so the tuple is only ever appended to (tests check every type has a code)."""

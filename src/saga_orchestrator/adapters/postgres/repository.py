@@ -14,6 +14,7 @@ from psycopg import sql
 
 from ...errors import SagaAlreadyExistsError, SagaConflictError, SagaLeaseError
 from ...events import SagaEvent
+from ...inbox import InboxEvent, StoreOutcome
 from ...machine import wake_at
 from ...serialization import StateChanges
 from ...state import ACTIVE_STATUSES, SagaContext, SagaStatus, SkippedSaga
@@ -60,7 +61,8 @@ class PostgresSagaRepository(_LeaseHolder, _Notifications, _OutboxReader, _Postg
 
     It also implements [`SagaStatusCounter`][saga_orchestrator.protocols.SagaStatusCounter],
     [`SagaIdLister`][saga_orchestrator.protocols.SagaIdLister],
-    [`StrandingRecorder`][saga_orchestrator.protocols.StrandingRecorder] and
+    [`StrandingRecorder`][saga_orchestrator.protocols.StrandingRecorder],
+    [`SagaInbox`][saga_orchestrator.protocols.SagaInbox] and
     [`OutboxSource`][saga_orchestrator.protocols.OutboxSource]. Use it as an async context
     manager, or call ``open`` and ``close``, on one asyncio event loop (its pool belongs to the
     loop it was opened on; trio is not supported).
@@ -82,6 +84,10 @@ class PostgresSagaRepository(_LeaseHolder, _Notifications, _OutboxReader, _Postg
     later transition appends a row to ``saga_journal`` with a patch of what it changed
     ([`IncrementalSagaRepository`][saga_orchestrator.protocols.IncrementalSagaRepository]);
     reads apply the patches.
+
+    **Waits.** A saga parked at a wait step is leased to nobody, its ``run_after`` at its
+    timer or timeout; an event stored for it (``saga_inbox``) makes it due at once and wakes
+    the workers (LISTEN/NOTIFY).
 
     **Outbox.** Each transition's lifecycle events are written to its journal row in the
     transition's transaction (``stores_events``); an
@@ -567,6 +573,74 @@ class PostgresSagaRepository(_LeaseHolder, _Notifications, _OutboxReader, _Postg
             (int(limit),),
         )
         return [SkippedSaga(row[0], row[1], row[2], row[3]) for row in rows]
+
+    async def store_event(self, event: InboxEvent) -> StoreOutcome:
+        """Keep ``event`` for its running saga, unless its id is kept already; make the saga
+        due and wake the workers (see [`SagaInbox`][saga_orchestrator.protocols.SagaInbox]).
+        One statement, so one transaction."""
+        sagas, inbox = self._db.table("sagas"), self._db.table("saga_inbox")
+        query = sql.SQL(
+            "WITH s AS (SELECT status FROM {sagas} WHERE saga_id = %(saga)s),"
+            " i AS (INSERT INTO {inbox} (event_id, saga_id, name, payload, received_at)"
+            " SELECT %(id)s, %(saga)s, %(name)s, %(payload)s, %(at)s"
+            " WHERE EXISTS (SELECT 1 FROM s WHERE status = 'running')"
+            " ON CONFLICT (event_id) DO NOTHING RETURNING 1),"
+            " u AS (UPDATE {sagas} SET run_after = %(at)s WHERE saga_id = %(saga)s"
+            " AND EXISTS (SELECT 1 FROM i) AND run_after > %(at)s RETURNING 1)"
+            " SELECT (SELECT status FROM s), EXISTS (SELECT 1 FROM i),"
+            " EXISTS (SELECT 1 FROM {inbox} WHERE event_id = %(id)s),"
+            " (SELECT pg_notify(%(channel)s, '') FROM i), (SELECT count(*) FROM u)"
+        ).format(sagas=sagas, inbox=inbox)
+        params = {
+            "saga": event.saga_id,
+            "id": event.event_id,
+            "name": event.name,
+            "payload": event.payload,
+            "at": event.received_at,
+            "channel": self._channel("ready"),
+        }
+
+        async def op(connection: _Connection) -> Any:
+            cursor = await connection.execute(query, params)
+            return await cursor.fetchone()
+
+        status, stored, existed, _, _ = await self._db.write(("sagas", str(event.saga_id)), op)
+        if status is None:
+            return StoreOutcome.NO_SAGA
+        if stored:
+            return StoreOutcome.STORED
+        if existed:
+            return StoreOutcome.DUPLICATE
+        return (
+            StoreOutcome.NOT_RUNNING
+            if status != SagaStatus.RUNNING.value
+            else StoreOutcome.DUPLICATE
+        )
+
+    async def saga_events(self, saga_id: UUID) -> list[InboxEvent]:
+        """Every event kept for the saga, in the order stored."""
+        rows = await self._db.fetchall(
+            sql.SQL(
+                "SELECT event_id, name, payload, received_at FROM {} WHERE saga_id = %s"
+                " ORDER BY seq"
+            ).format(self._db.table("saga_inbox")),
+            (saga_id,),
+        )
+        return [InboxEvent(row[0], saga_id, row[1], row[2], row[3]) for row in rows]
+
+    async def due_waits(self, now: datetime, limit: int = 1000) -> list[UUID]:
+        """Running sagas leased to nobody whose ``run_after`` has come at ``now`` (parked at
+        a wait step, or left by a process that stopped), soonest first. For a process
+        without workers; workers claim these themselves."""
+        rows = await self._db.fetchall(
+            sql.SQL(
+                "SELECT saga_id FROM {} WHERE status = 'running' AND run_after <= %s"
+                " AND (lease_owner IS NULL OR lease_expires_at < now())"
+                " ORDER BY run_after LIMIT %s"
+            ).format(self._db.table("sagas")),
+            (now, int(limit)),
+        )
+        return [row[0] for row in rows]
 
     async def close(self) -> None:
         """Stop the heartbeat and listeners, release held leases, wait for queued writes,
