@@ -26,6 +26,7 @@ from saga_orchestrator.protocols import (
     IdempotencyPurger,
     IdempotencyStore,
     SagaIdLister,
+    SagaInbox,
     SagaRepository,
     SagaStatusCounter,
     StrandingRecorder,
@@ -33,6 +34,7 @@ from saga_orchestrator.protocols import (
 from saga_orchestrator.testing.contract import (
     IdempotencyStoreContract,
     OutboxContract,
+    SagaInboxContract,
     SagaRepositoryContract,
 )
 from tests.conftest import PostgresSchema
@@ -41,6 +43,12 @@ from tests.conftest import PostgresSchema
 
 
 class TestMemoryRepository(SagaRepositoryContract):
+    @pytest.fixture
+    def saga_repository(self) -> SagaRepository:
+        return InMemorySagaRepository()
+
+
+class TestMemoryInbox(SagaInboxContract):
     @pytest.fixture
     def saga_repository(self) -> SagaRepository:
         return InMemorySagaRepository()
@@ -56,6 +64,18 @@ class TestMemoryIdempotencyStore(IdempotencyStoreContract):
 
 
 class TestSQLiteRepository(SagaRepositoryContract):
+    @pytest.fixture
+    async def saga_repository(self, tmp_path: Path) -> AsyncIterator[SagaRepository]:
+        async with SQLiteSagaRepository(tmp_path / "sagas.db") as repository:
+            yield repository
+
+    @pytest.fixture
+    async def second_saga_repository(self, tmp_path: Path) -> AsyncIterator[SagaRepository]:
+        async with SQLiteSagaRepository(tmp_path / "sagas.db") as repository:
+            yield repository
+
+
+class TestSQLiteInbox(SagaInboxContract):
     @pytest.fixture
     async def saga_repository(self, tmp_path: Path) -> AsyncIterator[SagaRepository]:
         async with SQLiteSagaRepository(tmp_path / "sagas.db") as repository:
@@ -107,6 +127,22 @@ class TestPostgresRepository(_OnAsyncio, SagaRepositoryContract):
             yield repository
 
 
+class TestPostgresInbox(_OnAsyncio, SagaInboxContract):
+    @pytest.fixture
+    async def saga_repository(
+        self, postgres_schema: PostgresSchema
+    ) -> AsyncIterator[SagaRepository]:
+        async with postgres_schema.repository() as repository:
+            yield repository
+
+    @pytest.fixture
+    async def second_saga_repository(
+        self, postgres_schema: PostgresSchema
+    ) -> AsyncIterator[SagaRepository]:
+        async with postgres_schema.repository() as repository:
+            yield repository
+
+
 class TestPostgresIdempotencyStore(_OnAsyncio, IdempotencyStoreContract):
     @pytest.fixture
     async def idempotency_store(
@@ -140,7 +176,7 @@ def test_the_built_in_adapters_have_every_optional_capability(kind: str) -> None
         "sqlite": lambda: (SQLiteSagaRepository, SQLiteIdempotencyStore),
         "postgres": _postgres_classes,
     }[kind]()
-    for capability in (SagaIdLister, SagaStatusCounter, StrandingRecorder):
+    for capability in (SagaIdLister, SagaStatusCounter, StrandingRecorder, SagaInbox):
         assert issubclass(repository, capability), capability
     assert issubclass(store, IdempotencyPurger)
 
@@ -156,6 +192,7 @@ KIT = [
     "saga_orchestrator/testing/contract/_outbox.py",
     "saga_orchestrator/testing/contract/_repository.py",
     "saga_orchestrator/testing/contract/_support.py",
+    "saga_orchestrator/testing/contract/_waits.py",
 ]
 
 WITHOUT_PYTEST = """

@@ -3,7 +3,7 @@ rebuilt). Imports no pytest: a repository under test may import this module when
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
@@ -11,7 +11,7 @@ from enum import Enum
 from typing import Any
 from uuid import UUID, uuid4
 
-from ..definitions import BaseSaga, SagaStep
+from ..definitions import BaseSaga, SagaStep, sleep_for, wait_for_event
 from ..retry import RetryPolicy
 from ..runtime import current_step
 
@@ -155,3 +155,90 @@ def always(error: BaseException) -> Behaviour:
 def utc(minute: int) -> datetime:
     """A fixed time on 2026-01-01, ``minute`` minutes after midnight UTC."""
     return datetime(2026, 1, 1, tzinfo=UTC) + timedelta(minutes=minute)
+
+
+@dataclass
+class ContractWaitData:
+    """The wait saga's data; its correlation id is ``contract-wait-{contract_wait_id}``."""
+
+    contract_wait_id: UUID = field(default_factory=uuid4)
+    price: Decimal = Decimal("25.00")
+    confirmation: str | None = None
+    paid: Decimal | None = None
+
+
+CONFIRMED = "trip.confirmed"
+"""The event the wait saga's ``confirm`` step waits for."""
+
+
+def accept_confirmation(data: ContractWaitData, payload: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``confirm`` step's acceptor: the payload's ``paid`` must be the price."""
+    if payload.get("paid") != data.price:
+        raise ValueError(f"paid {payload.get('paid')!r}, expected {data.price}")
+    return {"confirmation": payload["code"], "paid": payload["paid"]}
+
+
+class ContractWaitSaga(BaseSaga[ContractWaitData]):
+    """``book`` (undone by ``undo-book``), then ``confirm``: waits up to
+    ``timeout_seconds`` for the event ``trip.confirmed``, then ``ticket``. Calls are logged in
+    ``log``; ``hold_book`` (if set) is awaited inside ``book``."""
+
+    saga_type = "contract_wait"
+    timeout_seconds: float = 60.0
+
+    def __init__(
+        self,
+        data: ContractWaitData,
+        log: list[str] | None = None,
+        hold_book: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self.log = log if log is not None else []
+        self.hold_book = hold_book
+        super().__init__(data)
+
+    def define_steps(self) -> list[SagaStep[ContractWaitData]]:
+        """book, confirm (the wait), ticket."""
+
+        async def book(data: ContractWaitData) -> None:
+            self.log.append("book")
+            if self.hold_book is not None:
+                await self.hold_book()
+
+        async def undo_book(data: ContractWaitData) -> None:
+            self.log.append("undo-book")
+
+        async def ticket(data: ContractWaitData) -> None:
+            self.log.append(f"ticket:{data.confirmation}")
+
+        return [
+            SagaStep("book", book, undo_book),
+            wait_for_event(
+                "confirm",
+                CONFIRMED,
+                timeout_seconds=self.timeout_seconds,
+                accept=accept_confirmation,
+            ),
+            SagaStep("ticket", ticket),
+        ]
+
+
+class ContractNapSaga(BaseSaga[ContractWaitData]):
+    """``book``, then ``nap``: a timer of ``seconds``, then ``ticket``."""
+
+    saga_type = "contract_nap"
+    seconds: float = 30.0
+
+    def __init__(self, data: ContractWaitData, log: list[str] | None = None) -> None:
+        self.log = log if log is not None else []
+        super().__init__(data)
+
+    def define_steps(self) -> list[SagaStep[ContractWaitData]]:
+        """book, nap (the timer), ticket."""
+
+        async def book(data: ContractWaitData) -> None:
+            self.log.append("book")
+
+        async def ticket(data: ContractWaitData) -> None:
+            self.log.append("ticket")
+
+        return [SagaStep("book", book), sleep_for("nap", self.seconds), SagaStep("ticket", ticket)]

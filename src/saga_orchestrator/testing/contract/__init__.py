@@ -26,6 +26,10 @@ class TestMyRepository(SagaRepositoryContract):
   on your fixture ``idempotency_store``: the
   [`IdempotencyStore`][saga_orchestrator.protocols.IdempotencyStore] protocol, and
   ``purge_before`` if the store has it.
+- [`SagaInboxContract`][saga_orchestrator.testing.contract.SagaInboxContract], on your fixture
+  ``saga_repository`` (and ``second_saga_repository``): the
+  [`SagaInbox`][saga_orchestrator.protocols.SagaInbox] capability, with sagas that wait for
+  events and timers (each test skips if the repository has no ``SagaInbox``).
 - [`OutboxContract`][saga_orchestrator.testing.contract.OutboxContract], on your fixture
   ``outbox_repository``: a repository with ``stores_events = True`` and the
   [`OutboxSource`][saga_orchestrator.protocols.OutboxSource] methods, read by an
@@ -47,7 +51,7 @@ This module imports pytest; [`saga_orchestrator.testing`][saga_orchestrator.test
 """
 
 # One module per contract: _repository (and its sagas run through an orchestrator,
-# _orchestration), _idempotency, _outbox; _support holds what they share. The public names
+# _orchestration), _idempotency, _outbox, _waits; _support holds what they share. The public names
 # are re-exported here, and documented here.
 
 from __future__ import annotations
@@ -63,6 +67,12 @@ except ImportError as exc:  # pragma: no cover - depends on what is installed
 from ._repository import SagaRepositoryContract
 from ._idempotency import IdempotencyStoreContract
 from ._outbox import OutboxContract
+from ._waits import SagaInboxContract
 # isort: on
 
-__all__ = ["IdempotencyStoreContract", "OutboxContract", "SagaRepositoryContract"]
+__all__ = [
+    "IdempotencyStoreContract",
+    "OutboxContract",
+    "SagaInboxContract",
+    "SagaRepositoryContract",
+]
