@@ -5,8 +5,8 @@ SagaOrchestrator on a ManualClock."""
 from __future__ import annotations
 
 from datetime import timedelta
-from functools import partial
 from decimal import Decimal
+from functools import partial
 from typing import Any
 from uuid import UUID, uuid4
 
