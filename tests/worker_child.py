@@ -48,6 +48,7 @@ from saga_orchestrator import (
     current_step,
 )
 from saga_orchestrator.adapters.postgres import PostgresSagaRepository
+from saga_orchestrator.definitions import wait_for_event
 from saga_orchestrator.state import SagaContext
 from saga_orchestrator.worker import SagaWorker
 
@@ -93,6 +94,7 @@ class JobData:
 
     plan: str = "ok"
     gate: str | None = None
+    confirmation: str | None = None
     backoff_seconds: float = 0.1
     stall_seconds: float = 0.0
     label: str = ""
@@ -274,7 +276,28 @@ class PivotDeadlineJobSaga(DeadlineJobSaga):
     retriable_from = 1
 
 
-SAGAS: tuple[type[JobSaga], ...] = (JobSaga, DeadlineJobSaga, PivotDeadlineJobSaga)
+WAIT_JOB = "worker_wait_job"
+CONFIRMED = "job.confirmed"
+
+
+class WaitJobSaga(JobSaga):
+    """``a``, then ``confirm``: waits (up to ten minutes) for the event ``job.confirmed``,
+    whose payload's ``code`` it keeps as ``confirmation``, then ``c``."""
+
+    saga_type = WAIT_JOB
+
+    def define_steps(self) -> list[SagaStep[JobData]]:
+        def accept(data: JobData, payload: Any) -> dict[str, Any]:
+            return {"confirmation": payload["code"]}
+
+        return [
+            SagaStep("a", self._call("a", "action"), self._call("a", "undo"), retry=self.retry),
+            wait_for_event("confirm", CONFIRMED, timeout_seconds=600, accept=accept),
+            SagaStep("c", self._call("c", "action"), self._call("c", "undo"), retry=self.retry),
+        ]
+
+
+SAGAS: tuple[type[JobSaga], ...] = (JobSaga, DeadlineJobSaga, PivotDeadlineJobSaga, WaitJobSaga)
 
 
 def register_all(orchestrator: SagaOrchestrator, recorder: Recorder) -> None:
@@ -311,7 +334,38 @@ class ObservedRepository(PostgresSagaRepository):
         return claimed
 
 
+async def deliver(args: argparse.Namespace) -> None:
+    """Deliver the events listed in the JSON file ``args.deliver`` (``[saga id, event id]``
+    pairs, in order) with ``drive=False``, as a webhook receiver with no workers of its own
+    would; print the count of each answer as one JSON line."""
+    with open(args.deliver, encoding="utf-8") as file:  # noqa: ASYNC230 - before any task
+        pairs = json.load(file)
+    answers: dict[str, int] = {}
+    async with PostgresSagaRepository(args.conninfo, schema=args.schema, owner=args.owner) as repo:
+        orchestrator = SagaOrchestrator(repo)
+        limiter = anyio.CapacityLimiter(8)
+
+        async def one(saga_id: str, event_id: str) -> None:
+            async with limiter:
+                delivery = await orchestrator.deliver_event(
+                    CONFIRMED,
+                    {"code": event_id},
+                    event_id=event_id,
+                    saga_id=UUID(saga_id),
+                    drive=False,
+                )
+            answers[delivery.status.value] = answers.get(delivery.status.value, 0) + 1
+
+        async with anyio.create_task_group() as tg:
+            for saga_id, event_id in pairs:
+                tg.start_soon(one, saga_id, event_id)
+    print(json.dumps(answers), flush=True)
+
+
 async def main(args: argparse.Namespace) -> None:
+    if args.deliver is not None:
+        await deliver(args)
+        return
     repository = ObservedRepository(
         args.conninfo, schema=args.schema, owner=args.owner, lease_seconds=args.lease_seconds
     )
@@ -359,6 +413,7 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--grace", type=float, default=10.0)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--ready-fd", type=int, default=None)
+    parser.add_argument("--deliver", default=None, help="deliver the events of this JSON file")
     return parser.parse_args()
 
 
