@@ -5,11 +5,14 @@ import saga_orchestrator
 EXPECTED = {
     "BaseSaga",
     "Clock",
+    "Delivery",
+    "DeliveryStatus",
     "EventPublisher",
     "IdempotencyStore",
     "InMemoryEventPublisher",
     "InMemoryIdempotencyStore",
     "InMemorySagaRepository",
+    "InvalidEventError",
     "MainModuleDataWarning",
     "NonRetryableError",
     "OutboxRelay",
@@ -43,8 +46,12 @@ EXPECTED = {
     "StepState",
     "StepStatus",
     "UnknownSagaVersionError",
+    "Wait",
     "current_step",
     "is_refusal",
+    "sleep_for",
+    "sleep_until",
+    "wait_for_event",
 }
 
 

@@ -17,8 +17,9 @@ from .adapters import (
     SQLiteIdempotencyStore,
     SQLiteSagaRepository,
 )
-from .definitions import BaseSaga, SagaStep
+from .definitions import BaseSaga, SagaStep, Wait, sleep_for, sleep_until, wait_for_event
 from .errors import (
+    InvalidEventError,
     MainModuleDataWarning,
     NonRetryableError,
     RetryableError,
@@ -32,6 +33,7 @@ from .errors import (
     UnknownSagaVersionError,
 )
 from .events import SagaEvent, SagaEventType
+from .inbox import Delivery, DeliveryStatus
 from .orchestrator import SagaOrchestrator
 from .outbox import OutboxRelay
 from .protocols import (
@@ -67,11 +69,14 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 __all__ = [
     "BaseSaga",
     "Clock",
+    "Delivery",
+    "DeliveryStatus",
     "EventPublisher",
     "IdempotencyStore",
     "InMemoryEventPublisher",
     "InMemoryIdempotencyStore",
     "InMemorySagaRepository",
+    "InvalidEventError",
     "MainModuleDataWarning",
     "NonRetryableError",
     "OutboxRelay",
@@ -105,6 +110,10 @@ __all__ = [
     "StepState",
     "StepStatus",
     "UnknownSagaVersionError",
+    "Wait",
     "current_step",
     "is_refusal",
+    "sleep_for",
+    "sleep_until",
+    "wait_for_event",
 ]
