@@ -682,6 +682,9 @@ def _step_states(draw: st.DrawFn) -> StepState:
         compensation_error=draw(st.none() | _texts),
         compensation_started_at=draw(_times),
         compensated_at=draw(_times),
+        waiting_for=draw(st.none() | _texts),
+        wait_until=draw(_times),
+        event_id=draw(st.none() | _texts),
     )
 
 
@@ -796,6 +799,9 @@ def test_a_patch_applied_to_the_previous_document_gives_the_next(
                 started_at=after.steps[index].started_at,
                 completed_at=after.steps[index].completed_at,
                 compensated_at=after.steps[index].compensated_at,
+                waiting_for=after.steps[index].waiting_for,
+                wait_until=after.steps[index].wait_until,
+                event_id=after.steps[index].event_id,
             )
     context.status = after.status
     context.error = after.error
