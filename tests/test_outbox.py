@@ -293,7 +293,8 @@ async def test_sqlite_file_from_before_the_outbox_is_upgraded(tmp_path: Path) ->
             tg.cancel_scope.cancel()
     with closing(sqlite3.connect(old)) as db, db:
         db.execute("ATTACH DATABASE ? AS scratch", (str(scratch),))
-        db.execute("INSERT INTO sagas SELECT * FROM scratch.sagas")
+        columns = "saga_id, saga_type, correlation_id, status, version, created_at, updated_at, state"
+        db.execute(f"INSERT INTO sagas ({columns}) SELECT {columns} FROM scratch.sagas")
 
     async with SQLiteSagaRepository(old, outbox=True) as repo:
         before = await repo.get(saga.context.saga_id)
@@ -576,12 +577,12 @@ def test_an_event_with_a_non_finite_duration_is_refused(duration: float) -> None
 
 def test_every_event_type_has_a_code_in_the_postgresql_journal() -> None:
     """PostgreSQL's compact events name their type by its position in ``TYPE_CODES``, which
-    is only appended to: every type has one, and the view ``saga_events`` (migration 0005)
-    spells the same list."""
+    is only appended to: every type has one, and the view ``saga_events`` (as migration 0006
+    last defines it) spells the same list."""
     from saga_orchestrator.adapters.migrations import postgres as migrations
     from saga_orchestrator.adapters.postgres._outbox import TYPE_CODES
 
     assert set(TYPE_CODES) == {kind.value for kind in SagaEventType}
-    view = resources.files(migrations).joinpath("0005_journal.sql").read_text(encoding="utf-8")
+    view = resources.files(migrations).joinpath("0006_inbox.sql").read_text(encoding="utf-8")
     listed = view[view.index("(ARRAY[") : view.index("])")]
     assert [part.strip().strip("'") for part in listed[7:].split(",")] == list(TYPE_CODES)

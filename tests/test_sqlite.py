@@ -45,9 +45,12 @@ async def test_fresh_file_gets_the_current_schema(tmp_path: Path) -> None:
         (2, "0002_failed_index.sql"),
         (3, "0003_outbox.sql"),
         (4, "0004_stranded.sql"),
+        (5, "0005_waits.sql"),
     ]
     assert {
         "sagas",
+        "saga_inbox",
+        "sagas_parked",
         "idempotency_keys",
         "sagas_active",
         "sagas_failed",

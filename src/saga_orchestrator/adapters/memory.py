@@ -205,6 +205,27 @@ class InMemorySagaRepository:
         await _checkpoint()
         return list(self._events.get(saga_id, ()))
 
+    async def purge_events_before(self, cutoff: datetime) -> int:
+        """Forget the events received before ``cutoff`` by sagas that are finished (or no
+        longer stored); return how many. A running saga's events are kept."""
+        await _checkpoint()
+        count = 0
+        for saga_id in list(self._events):
+            row = self._rows.get(saga_id)
+            if row is not None and not row.status.is_terminal:
+                continue
+            events = self._events[saga_id]
+            old = [e for e in events if e.received_at < cutoff]
+            kept = [e for e in events if e.received_at >= cutoff]
+            for event in old:
+                self._event_ids.discard(event.event_id)
+            count += len(old)
+            if kept:
+                self._events[saga_id] = kept
+            else:
+                del self._events[saga_id]
+        return count
+
     async def due_waits(self, now: datetime, limit: int = 1000) -> list[UUID]:
         """Sagas parked at a wait step that are due at ``now``, soonest first."""
         await _checkpoint()

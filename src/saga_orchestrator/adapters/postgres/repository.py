@@ -14,12 +14,12 @@ from psycopg import sql
 
 from ...errors import SagaAlreadyExistsError, SagaConflictError, SagaLeaseError
 from ...events import SagaEvent
-from ...inbox import InboxEvent, StoreOutcome
 from ...machine import wake_at
 from ...serialization import StateChanges
 from ...state import ACTIVE_STATUSES, SagaContext, SagaStatus, SkippedSaga
-from .._common import ACTIVE_STATUS_FILTER, selection, status_values
+from .._common import ACTIVE_STATUS_FILTER, selection
 from ._db import _Connection, _PostgresBase
+from ._inbox import _Inbox, _status_list
 from ._leases import _default_owner, _Lease, _LeaseHolder, decode_stored, stored_columns
 from ._notify import _Notifications, _Notifier
 from ._outbox import _OutboxReader, encode_events
@@ -42,12 +42,6 @@ def _status_clause(statuses: Collection[SagaStatus]) -> sql.Composable:
     return sql.SQL("status IN ({})").format(_status_list(statuses))
 
 
-def _status_list(statuses: Collection[SagaStatus]) -> sql.Composable:
-    # Literals, not parameters: the planner can then match the partial indexes of active
-    # and failed sagas. The values are the enum's own, in a stable order.
-    return sql.SQL(", ").join(sql.Literal(value) for value in status_values(statuses))
-
-
 def _run_after(context: SagaContext[Any]) -> datetime | None:
     """The saga's durable timer: when a worker should next pick it up (None: now). The
     state machine's own rule (``machine.wake_at``)."""
@@ -55,7 +49,7 @@ def _run_after(context: SagaContext[Any]) -> datetime | None:
     return wake_at(context, saga.steps if saga is not None else None)
 
 
-class PostgresSagaRepository(_LeaseHolder, _Notifications, _OutboxReader, _PostgresBase):
+class PostgresSagaRepository(_LeaseHolder, _Notifications, _OutboxReader, _Inbox, _PostgresBase):
     """A [`SagaRepository`][saga_orchestrator.protocols.SagaRepository] in PostgreSQL, for
     many processes on one database.
 
@@ -573,74 +567,6 @@ class PostgresSagaRepository(_LeaseHolder, _Notifications, _OutboxReader, _Postg
             (int(limit),),
         )
         return [SkippedSaga(row[0], row[1], row[2], row[3]) for row in rows]
-
-    async def store_event(self, event: InboxEvent) -> StoreOutcome:
-        """Keep ``event`` for its running saga, unless its id is kept already; make the saga
-        due and wake the workers (see [`SagaInbox`][saga_orchestrator.protocols.SagaInbox]).
-        One statement, so one transaction."""
-        sagas, inbox = self._db.table("sagas"), self._db.table("saga_inbox")
-        query = sql.SQL(
-            "WITH s AS (SELECT status FROM {sagas} WHERE saga_id = %(saga)s),"
-            " i AS (INSERT INTO {inbox} (event_id, saga_id, name, payload, received_at)"
-            " SELECT %(id)s, %(saga)s, %(name)s, %(payload)s, %(at)s"
-            " WHERE EXISTS (SELECT 1 FROM s WHERE status = 'running')"
-            " ON CONFLICT (event_id) DO NOTHING RETURNING 1),"
-            " u AS (UPDATE {sagas} SET run_after = %(at)s WHERE saga_id = %(saga)s"
-            " AND EXISTS (SELECT 1 FROM i) AND run_after > %(at)s RETURNING 1)"
-            " SELECT (SELECT status FROM s), EXISTS (SELECT 1 FROM i),"
-            " EXISTS (SELECT 1 FROM {inbox} WHERE event_id = %(id)s),"
-            " (SELECT pg_notify(%(channel)s, '') FROM i), (SELECT count(*) FROM u)"
-        ).format(sagas=sagas, inbox=inbox)
-        params = {
-            "saga": event.saga_id,
-            "id": event.event_id,
-            "name": event.name,
-            "payload": event.payload,
-            "at": event.received_at,
-            "channel": self._channel("ready"),
-        }
-
-        async def op(connection: _Connection) -> Any:
-            cursor = await connection.execute(query, params)
-            return await cursor.fetchone()
-
-        status, stored, existed, _, _ = await self._db.write(("sagas", str(event.saga_id)), op)
-        if status is None:
-            return StoreOutcome.NO_SAGA
-        if stored:
-            return StoreOutcome.STORED
-        if existed:
-            return StoreOutcome.DUPLICATE
-        return (
-            StoreOutcome.NOT_RUNNING
-            if status != SagaStatus.RUNNING.value
-            else StoreOutcome.DUPLICATE
-        )
-
-    async def saga_events(self, saga_id: UUID) -> list[InboxEvent]:
-        """Every event kept for the saga, in the order stored."""
-        rows = await self._db.fetchall(
-            sql.SQL(
-                "SELECT event_id, name, payload, received_at FROM {} WHERE saga_id = %s"
-                " ORDER BY seq"
-            ).format(self._db.table("saga_inbox")),
-            (saga_id,),
-        )
-        return [InboxEvent(row[0], saga_id, row[1], row[2], row[3]) for row in rows]
-
-    async def due_waits(self, now: datetime, limit: int = 1000) -> list[UUID]:
-        """Running sagas leased to nobody whose ``run_after`` has come at ``now`` (parked at
-        a wait step, or left by a process that stopped), soonest first. For a process
-        without workers; workers claim these themselves."""
-        rows = await self._db.fetchall(
-            sql.SQL(
-                "SELECT saga_id FROM {} WHERE status = 'running' AND run_after <= %s"
-                " AND (lease_owner IS NULL OR lease_expires_at < now())"
-                " ORDER BY run_after LIMIT %s"
-            ).format(self._db.table("sagas")),
-            (now, int(limit)),
-        )
-        return [row[0] for row in rows]
 
     async def close(self) -> None:
         """Stop the heartbeat and listeners, release held leases, wait for queued writes,

@@ -130,6 +130,31 @@ class SagaInboxContract:
         assert set(await inbox.due_waits(clock.now())) == {first.saga_id, second.saga_id}
         assert await inbox.due_waits(clock.now(), limit=1) == [second.saga_id]  # soonest
 
+    async def test_purging_forgets_old_events_of_finished_sagas_only(
+        self, saga_repository: SagaRepository
+    ) -> None:
+        """``purge_events_before`` (if the repository has it) deletes the events received
+        before the cutoff by finished sagas, and keeps a running saga's; a purged event's id
+        may be stored again."""
+        inbox = _inbox(saga_repository)
+        purge = getattr(saga_repository, "purge_events_before", None)
+        if purge is None:
+            pytest.skip(f"optional: {type(saga_repository).__name__} has no purge_events_before")
+        clock, log = ManualClock(), list[str]()
+        orchestrator = _orchestrator(saga_repository, clock, log)
+        done = await orchestrator.execute(ContractWaitSaga(ContractWaitData(), log))
+        await orchestrator.deliver_event(
+            CONFIRMED, _payload("D"), event_id="done", saga_id=done.saga_id, drive=True
+        )
+        running = await orchestrator.execute(ContractWaitSaga(ContractWaitData(), log))
+        await orchestrator.deliver_event(
+            "trip.confirmed", _payload("R"), event_id="kept", saga_id=running.saga_id, drive=False
+        )
+        clock.advance(1)
+        assert await purge(clock.now()) == 1
+        assert await inbox.saga_events(done.saga_id) == []
+        assert [e.event_id for e in await inbox.saga_events(running.saga_id)] == ["kept"]
+
     # ------------------------------------------------------------ delivering
 
     async def test_an_event_delivered_to_a_parked_saga_is_consumed_once(
