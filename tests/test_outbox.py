@@ -316,6 +316,7 @@ async def test_sqlite_file_from_before_the_outbox_is_upgraded(tmp_path: Path) ->
         (2, "0002_failed_index.sql"),
         (3, "0003_outbox.sql"),
         (4, "0004_stranded.sql"),
+        (5, "0005_waits.sql"),
     ]
     sequences = [e.sequence for e in publisher.accepted]
     assert sequences == list(range(before.event_sequence + 1, after.event_sequence + 1))

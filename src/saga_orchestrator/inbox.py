@@ -63,14 +63,18 @@ class DeliveryStatus(StrEnum):
     """The saga was waiting for it, and consumed it in this call (its wait step completed or,
     if the event was rejected, failed)."""
     STORED = "stored"
-    """Kept: the saga consumes it when it reaches its wait step (an early event), or a worker
-    resumes it (``drive=False``, or a saga that another process is driving)."""
+    """Kept: the saga consumes it when it reaches its wait step (an early event), or when a
+    worker, ``wake_due`` or ``recover`` resumes it (``drive=False``, a saga type this process
+    does not know, or a saga another process or task is driving). Exception: an event the
+    saga cannot use in time (stored just as its wait timed out, raced by the timeout) stays
+    unconsumed."""
     DUPLICATE = "duplicate"
-    """An event with this id was delivered before (and is kept, or was consumed): nothing
-    changed."""
+    """An event with this id was delivered before (and is kept, or was consumed), whatever
+    the saga's status: nothing changed."""
     IGNORED = "ignored"
-    """The saga will never consume it: it is finished or compensating, or it is past every
-    wait step for this event. Nothing was stored."""
+    """The saga will never consume it: it is finished or compensating, it is past every wait
+    step for this event, or it waits for it but the wait's time is up (the timeout wins).
+    Nothing was stored."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -340,7 +340,8 @@ class SagaOrchestrator(_Driving):
         return report
 
     async def resume(self, saga_id: UUID) -> SagaResult[Any]:
-        """Drive one stored saga to a terminal status (rebuilt through the registry)."""
+        """Drive one stored saga to a terminal status, or until it parks at a wait step
+        (rebuilt through the registry)."""
         context = await self._load(saga_id)
         if context.is_terminal:
             return SagaResult.from_context(context)
@@ -400,8 +401,10 @@ class SagaOrchestrator(_Driving):
         event is stored for ``wake_due``, ``recover`` or a worker.
 
         Returns a [`Delivery`][saga_orchestrator.inbox.Delivery]: ``CONSUMED``, ``STORED``,
-        ``DUPLICATE``, or ``IGNORED`` (the saga is finished, compensating, or past every wait
-        for this event: nothing stored). Raises
+        ``DUPLICATE``, or ``IGNORED`` (nothing stored: the saga is finished or compensating,
+        it is past every wait for this event, or it is waiting for it and the wait's time is
+        up, so that the timeout wins; the call then carries the saga on to it, as ``drive``
+        says). Raises
         [`SagaNotFoundError`][saga_orchestrator.errors.SagaNotFoundError] for an unknown
         saga, and [`InvalidEventError`][saga_orchestrator.errors.InvalidEventError] for a bad
         name, id, address or payload (nothing stored either way). The payload's fields are
@@ -430,8 +433,24 @@ class SagaOrchestrator(_Driving):
         if any(state.event_id == key for state in context.steps):
             return answer(DeliveryStatus.DUPLICATE, context.status)
         if context.status is not SagaStatus.RUNNING:
-            return answer(DeliveryStatus.IGNORED, context.status)
+            kept = await self._inbox.saga_events(target)
+            duplicate = any(e.event_id == key for e in kept)
+            return answer(
+                DeliveryStatus.DUPLICATE if duplicate else DeliveryStatus.IGNORED, context.status
+            )
         saga = self.registry.find(context)
+        now = self.clock.now()
+        current = context.steps[context.current_step_index]
+        if current.status is StepStatus.WAITING and current.waiting_for == name:
+            wake = machine.wake_at(context, saga.steps if saga is not None else None)
+            if wake is not None and now >= wake:
+                # Too late: the wait's time is up, so the timeout wins. Nothing is stored;
+                # the saga is carried on to its timeout now, if it can be here.
+                if drive is not False and saga is not None:
+                    result = await self._wake(target)
+                    if result is not None:
+                        return answer(DeliveryStatus.IGNORED, result.status)
+                return answer(DeliveryStatus.IGNORED, context.status)
         if saga is not None:
             waits = [s for s in saga.steps if s.wait is not None and s.wait.event == name]
             if not waits:
@@ -448,9 +467,7 @@ class SagaOrchestrator(_Driving):
                 if step.wait is not None and step.wait.event == name
             ):
                 return answer(DeliveryStatus.IGNORED, context.status)
-        stored = await self._inbox.store_event(
-            InboxEvent(key, target, name, text, self.clock.now())
-        )
+        stored = await self._inbox.store_event(InboxEvent(key, target, name, text, now))
         if stored is StoreOutcome.NO_SAGA:  # deleted meanwhile
             raise SagaNotFoundError(target)
         if stored is not StoreOutcome.STORED:

@@ -251,7 +251,8 @@ class SagaInbox(Protocol):
     async def store_event(self, event: InboxEvent) -> StoreOutcome:
         """Keep ``event`` for its saga, in one atomic step: only if the saga is stored and
         ``running``, and no event with its id is kept already. A stored event also makes the
-        saga due (``due_waits``, and the timer workers claim by) if it is parked at a wait."""
+        saga due (``due_waits``, and the timer workers claim by) if it is parked at a wait for
+        an event of this name (and only then: an event for a later wait waits with it)."""
         ...
 
     async def saga_events(self, saga_id: UUID) -> list[InboxEvent]:

@@ -262,14 +262,16 @@ class SagaContext(Generic[T]):
 
 @dataclass(frozen=True, slots=True)
 class SagaResult(Generic[T]):
-    """What ``SagaOrchestrator.execute`` returns once the saga is terminal."""
+    """What ``SagaOrchestrator.execute`` (and ``resume``, ``recover``, ``wake_due``) returns:
+    the saga once terminal, or once parked at a wait step (``running``)."""
 
     saga_id: UUID
     """The saga's identity."""
     saga_type: str
     """The saga class's ``saga_type``."""
     status: SagaStatus
-    """``COMPLETED``, ``COMPENSATED`` or ``FAILED``."""
+    """``COMPLETED``, ``COMPENSATED`` or ``FAILED``; ``RUNNING`` for a saga parked at a wait
+    step (its current step ``WAITING``)."""
     data: T
     """The saga's data with every step result applied."""
     error: str | None

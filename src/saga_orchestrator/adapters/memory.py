@@ -18,7 +18,7 @@ import anyio.lowlevel
 from ..errors import SagaAlreadyExistsError, SagaConflictError
 from ..events import SagaEvent
 from ..inbox import InboxEvent, StoreOutcome
-from ..machine import parked_until
+from ..machine import parked_for, parked_until
 from ..serialization import decode_context
 from ..state import SagaContext, SagaStatus, SkippedSaga
 
@@ -46,6 +46,7 @@ class _Row:
     version: int
     state: str
     wake_at: datetime | None = None  # parked at a wait step: when due
+    waiting_for: str | None = None  # ... for this event
 
 
 class InMemorySagaRepository:
@@ -85,6 +86,7 @@ class InMemorySagaRepository:
             version=context.version,
             state=state,
             wake_at=parked_until(context),
+            waiting_for=parked_for(context),
         )
         self.writes += 1
 
@@ -106,7 +108,7 @@ class InMemorySagaRepository:
             raise SagaConflictError(context.saga_id, expected_version)
         # The row mirrors the context's status (decided by the state machine) for queries.
         row.status, row.version, row.state = context.status, context.version, state
-        row.wake_at = parked_until(context)
+        row.wake_at, row.waiting_for = parked_until(context), parked_for(context)
         self.writes += 1
 
     async def get(self, saga_id: UUID) -> SagaContext[Any] | None:
@@ -196,7 +198,7 @@ class InMemorySagaRepository:
             return StoreOutcome.NOT_RUNNING
         self._event_ids.add(event.event_id)
         self._events.setdefault(event.saga_id, []).append(event)
-        if row.wake_at is not None:
+        if row.wake_at is not None and row.waiting_for == event.name:
             row.wake_at = min(row.wake_at, event.received_at)  # due now
         return StoreOutcome.STORED
 

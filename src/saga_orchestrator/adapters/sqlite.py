@@ -28,7 +28,7 @@ from uuid import UUID
 from ..errors import SagaAlreadyExistsError, SagaConflictError
 from ..events import SagaEvent, decode_event, encode_event
 from ..inbox import InboxEvent, StoreOutcome
-from ..machine import parked_until
+from ..machine import parked_for, parked_until
 from ..serialization import decode_context
 from ..state import ACTIVE_STATUSES, SagaContext, SagaStatus, SkippedSaga
 from ._common import fetch_all, selection, status_filter
@@ -108,6 +108,7 @@ class SQLiteSagaRepository(_SQLiteBase):
             _iso(context.updated_at),
             state,
             _wake(context),
+            parked_for(context),
         )
 
         outbox = self._outbox_rows(events)
@@ -116,7 +117,8 @@ class SQLiteSagaRepository(_SQLiteBase):
             try:
                 connection.execute(
                     "INSERT INTO sagas (saga_id, saga_type, correlation_id, status, version,"
-                    " created_at, updated_at, state, wake_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " created_at, updated_at, state, wake_at, waiting_for)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     row,
                 )
             except sqlite3.IntegrityError:
@@ -144,6 +146,7 @@ class SQLiteSagaRepository(_SQLiteBase):
             _iso(context.updated_at),
             state,
             _wake(context),
+            parked_for(context),
             str(context.saga_id),
             expected_version,
         )
@@ -153,7 +156,7 @@ class SQLiteSagaRepository(_SQLiteBase):
         def op(connection: sqlite3.Connection) -> None:
             cursor = connection.execute(
                 "UPDATE sagas SET status = ?, version = ?, updated_at = ?, state = ?,"
-                " wake_at = ? WHERE saga_id = ? AND version = ?",
+                " wake_at = ?, waiting_for = ? WHERE saga_id = ? AND version = ?",
                 params,
             )
             if cursor.rowcount != 1:
@@ -279,7 +282,7 @@ class SQLiteSagaRepository(_SQLiteBase):
 
     async def store_event(self, event: InboxEvent) -> StoreOutcome:
         """Keep ``event`` for its running saga, unless its id is kept already, and make the
-        saga due if it is parked at a wait (see
+        saga due if it is parked at a wait for this event (see
         [`SagaInbox`][saga_orchestrator.protocols.SagaInbox])."""
         saga_id = str(event.saga_id)
         received = _utc(event.received_at)
@@ -303,8 +306,9 @@ class SQLiteSagaRepository(_SQLiteBase):
                 row,
             )
             connection.execute(
-                "UPDATE sagas SET wake_at = ? WHERE saga_id = ? AND wake_at > ?",
-                (received, saga_id, received),
+                "UPDATE sagas SET wake_at = ? WHERE saga_id = ? AND waiting_for = ?"
+                " AND wake_at > ?",
+                (received, saga_id, event.name, received),
             )
             return StoreOutcome.STORED
 

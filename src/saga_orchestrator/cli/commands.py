@@ -1,4 +1,5 @@
-"""The commands (list, show, retry, cancel, recover) and the saga store they run against."""
+"""The commands (list, show, retry, cancel, recover, deliver, worker) and the saga store they
+run against."""
 
 from __future__ import annotations
 
@@ -19,8 +20,10 @@ from typing import Any
 from uuid import UUID
 
 from ..adapters.sqlite import SQLiteSagaRepository
-from ..errors import SagaError, SagaNotFoundError, SerializationError
+from ..errors import InvalidEventError, SagaError, SagaNotFoundError, SerializationError
+from ..inbox import Delivery, DeliveryStatus
 from ..orchestrator import SagaOrchestrator
+from ..protocols import SagaInbox
 from ..state import ACTIVE_STATUSES, SagaContext, SagaResult, SagaStatus
 from . import render
 from .exits import EXIT_OK, PROG, Failed, UsageError
@@ -30,6 +33,7 @@ __all__ = [
     "Unreadable",
     "read_sagas",
     "run_cancel",
+    "run_deliver",
     "run_list",
     "run_recover",
     "run_retry",
@@ -300,7 +304,7 @@ async def run_list(orchestrator: SagaOrchestrator, args: argparse.Namespace) -> 
                     context.saga_type,
                     str(context.saga_version),
                     status,
-                    render.current_step(context) or "-",
+                    render.step_cell(context),
                     render.age(context.created_at, now),
                     render.truncate(error, render.ERROR_WIDTH),
                 ]
@@ -346,6 +350,12 @@ async def run_show(orchestrator: SagaOrchestrator, args: argparse.Namespace) -> 
     context = await _get(orchestrator, saga_id)
     detail = render.detail(context)
     detail["stranded"] = (await _stranded(orchestrator)).get(str(context.saga_id))
+    repository = orchestrator.repository
+    detail["inbox"] = (
+        render.inbox(context, await repository.saga_events(context.saga_id))
+        if isinstance(repository, SagaInbox)
+        else None
+    )
     if args.json:
         print(json.dumps(detail, indent=2))
     else:
@@ -382,9 +392,7 @@ async def run_recover(orchestrator: SagaOrchestrator, args: argparse.Namespace) 
         not_resumed.setdefault(saga_id, reason)
     for skipped_saga in results.skipped:  # unregistered types included: they stay unfinished
         not_resumed.setdefault(str(skipped_saga.saga_id), skipped_saga.reason)
-    if not results:
-        print("no saga resumed" if not_resumed else "nothing to recover")
-    else:
+    if results:
         print(f"resumed {_plural(len(results), 'saga')}")
         rows = [
             [
@@ -396,6 +404,21 @@ async def run_recover(orchestrator: SagaOrchestrator, args: argparse.Namespace) 
             for r in results
         ]
         print(render.table(["SAGA_ID", "TYPE", "STATUS", "ERROR"], rows, indent="  "))
+    elif not results.waiting:
+        print("no saga resumed" if not_resumed else "nothing to recover")
+    if results.waiting:
+        now = datetime.now(UTC)
+        print(
+            f"{_plural(len(results.waiting), 'saga')} still waiting "
+            "(parked at a wait step until its event or its time comes)"
+        )
+        waiting = [
+            [str(r.saga_id), r.saga_type, *render.waiting_cells(r.steps, now)]
+            for r in results.waiting
+        ]
+        print(
+            render.table(["SAGA_ID", "TYPE", "STEP", "WAITING FOR", "UNTIL"], waiting, indent="  ")
+        )
     if unknown:
         skipped = sum(1 for s in pending if s.saga_type in unknown)
         hint = "" if args.app else "; pass --app MODULE:CALLABLE to load their code"
@@ -429,6 +452,76 @@ def _outcome(result: SagaResult[Any], failure: str) -> int:
     if result.status is SagaStatus.COMPENSATED:
         return EXIT_OK
     raise Failed(f"{failure}: saga {result.saga_id} is {result.status.value}: {result.error}")
+
+
+async def run_deliver(orchestrator: SagaOrchestrator, args: argparse.Namespace) -> int:
+    """Deliver an event to one saga (``deliver_event``); say what was done with it."""
+    if not isinstance(orchestrator.repository, SagaInbox):
+        raise Failed(
+            f"{type(orchestrator.repository).__name__} keeps no events (it is no SagaInbox): "
+            "events cannot be delivered to its sagas"
+        )
+    try:
+        delivery = await orchestrator.deliver_event(
+            args.event,
+            args.payload,
+            event_id=args.event_id,
+            saga_id=args.saga_id,
+            correlation_id=args.correlation_id,
+            drive=False if args.no_drive else None,
+        )
+    except InvalidEventError as exc:
+        raise UsageError(f"{exc} (nothing was stored)") from exc
+    if args.json:
+        print(json.dumps(render.delivery(delivery, args.event), indent=2))
+    else:
+        print(f"event {delivery.event_id} ({args.event}): {delivery.status.value}")
+        print(f"saga {delivery.saga_id}: {delivery.saga_status.value}")
+    return await _delivered(orchestrator, args, delivery)
+
+
+async def _delivered(
+    orchestrator: SagaOrchestrator, args: argparse.Namespace, delivery: Delivery
+) -> int:
+    """The exit status of a delivery, with a note on stderr saying what comes next."""
+    if delivery.status is DeliveryStatus.CONSUMED:
+        return EXIT_OK
+    if delivery.status is DeliveryStatus.IGNORED:
+        if delivery.saga_status is SagaStatus.RUNNING:
+            why = f"it is past every wait step for event {args.event!r}"
+        else:
+            why = f"it is {delivery.saga_status.value}"
+        raise Failed(
+            f"saga {delivery.saga_id} will never consume event {delivery.event_id}: {why} "
+            "(nothing was stored)"
+        )
+    if delivery.status is DeliveryStatus.DUPLICATE:
+        note = "delivered before: nothing changed"
+    elif args.no_drive:
+        note = f"kept (--no-drive): {_RESUMERS}"
+    else:
+        try:
+            context = await orchestrator.get(delivery.saga_id)
+        except SerializationError:  # stored all the same; whoever resumes it will say
+            context = None
+        saga_type = context.saga_type if context is not None else None
+        if saga_type is not None and saga_type not in orchestrator.registry:
+            hint = (
+                f"the orchestrator from --app {args.app} has no factory for saga type {saga_type!r}"
+                if args.app
+                else "pass --app MODULE:CALLABLE for the saga to consume it now"
+            )
+            note = f"kept in the saga's inbox ({hint}): {_RESUMERS}"
+        else:
+            note = (
+                "kept in the saga's inbox: the saga consumes it when it reaches its wait "
+                "step, or when the process driving it (a worker) resumes it"
+            )
+    print(note, file=sys.stderr)
+    return EXIT_OK
+
+
+_RESUMERS = "the saga consumes it when recover, the service's wake_due or a worker resumes it"
 
 
 async def run_worker(orchestrator: SagaOrchestrator, args: argparse.Namespace) -> int:

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import json
 import re
+import sys
 from datetime import timedelta
 from typing import Any, NoReturn
 from uuid import UUID
 
+from ..errors import SerializationError
+from ..inbox import NAME_LIMIT
+from ..serialization import decode_value
 from ..state import SagaStatus
 from . import commands
 from .exits import EXIT_USAGE, PROG
@@ -88,6 +93,74 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _name(text: str) -> str:
+    """An event's name or id, or a correlation id: as ``deliver_event`` takes them."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a non-empty value")
+    if len(text) > NAME_LIMIT:
+        raise argparse.ArgumentTypeError(
+            f"at most {NAME_LIMIT} characters, got {len(text)}: {text[:40]!r}..."
+        )
+    return text
+
+
+def _payload(text: str) -> dict[str, Any]:
+    """A JSON object in the format of ``saga_orchestrator.serialization`` (typed values
+    tagged: ``{"$decimal": "12.50"}``), decoded."""
+    try:
+        raw = json.loads(text, parse_constant=_no_constant)
+    except ValueError as exc:  # JSONDecodeError, or NaN / Infinity
+        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from None
+    except RecursionError:
+        raise argparse.ArgumentTypeError("not valid JSON: nested too deeply") from None
+    if not isinstance(raw, dict):
+        raise argparse.ArgumentTypeError(
+            f"expected a JSON object of data fields, got a JSON {_json_kind(raw)}"
+        )
+    try:
+        value = decode_value(raw)
+    except SerializationError as exc:
+        message = str(exc)
+        if message.startswith("stored value"):
+            message = "payload" + message[len("stored value") :]
+        raise argparse.ArgumentTypeError(message) from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(
+            f"expected a JSON object of data fields, got a tagged {type(value).__name__}"
+        )
+    return value
+
+
+def _payload_file(path: str) -> dict[str, Any]:
+    """``_payload`` of a file's text (``-``: standard input)."""
+    try:
+        if path == "-":
+            text = sys.stdin.read()
+        else:
+            with open(path, encoding="utf-8") as file:
+                text = file.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise argparse.ArgumentTypeError(f"cannot read {path}: {exc}") from None
+    try:
+        return _payload(text)
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"{path}: {exc}") from None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a finite number")
+
+
+def _json_kind(value: object) -> str:
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, bool):
+        return "boolean"
+    return "null" if value is None else "number"
+
+
 def _app_spec(text: str) -> str:
     module, _, attribute = text.partition(":")
     if not module or not attribute:
@@ -132,7 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Inspect and repair the sagas stored by saga-orchestrator. Exit status: "
         "0 success; 1 the operation failed (unknown saga, wrong status, compensation still "
         "failing, a stored saga that cannot be read: list and recover name it and carry on "
-        "with the others); 2 bad usage; 130 interrupted.",
+        "with the others; an event ignored); 2 bad usage (bad input: nothing stored); 130 "
+        "interrupted.",
         epilog="Run 'saga-orchestrator COMMAND --help' for a command's options.",
         formatter_class=_HelpFormatter,
     )
@@ -153,9 +227,10 @@ def build_parser() -> argparse.ArgumentParser:
         "list",
         "list stored sagas, oldest first",
         "List stored sagas, oldest first: id, type, definition version (VER), status, current "
-        "step (where a running, compensating or failed saga is), age since it started, and "
-        "error. An unfinished saga that recover() or a worker could not resume shows "
-        "'(stranded)' after its status and why in place of the error. A saga whose "
+        "step (where a running, compensating or failed saga is; 'NAME (waiting)' when it is "
+        "parked at a wait step), age since it started, and error. An unfinished saga that "
+        "recover() or a worker could not resume shows '(stranded)' after its status and why "
+        "in place of the error. A saga whose "
         "stored state cannot be read is named on stderr (in --json, an entry with its "
         "saga_id and an 'unreadable' reason) and the others are listed; the exit status is "
         "then 1.",
@@ -196,7 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     show = command(
         "show",
         "show one saga: header, step timeline and data",
-        "Show one saga: its header, each step's forward and compensation record, and its data. "
+        "Show one saga: its header, each step's forward and compensation record (for a wait "
+        "step: what it waits or waited for, since when, until when, the event it consumed), "
+        "the events kept in its inbox (each consumed by which step, or not), and its data. "
         "Exit 1 if it is not stored or its stored state cannot be read (what is wrong is "
         "printed).",
     )
@@ -236,10 +313,74 @@ def build_parser() -> argparse.ArgumentParser:
         "resume every unfinished saga",
         "Resume every running or compensating saga from where it stopped and drive it to the "
         "end. Only while no service process is driving them (after a crash, service stopped). "
-        "Needs --app. A saga that cannot be read or resumed is named on stderr and the others "
-        "are still resumed; the exit status is then 1.",
+        "Needs --app. A saga parked at a wait step consumes an event kept for it, or ends its "
+        "wait if its time has come, or else is listed as still waiting. A saga that cannot be "
+        "read or resumed is named on stderr and the others are still resumed; the exit status "
+        "is then 1.",
     )
     recover.set_defaults(handler=commands.run_recover)
+
+    deliver = command(
+        "deliver",
+        "deliver an event to a saga waiting for it",
+        "Deliver the event EVENT to one saga, addressed by --saga-id or --correlation-id, for "
+        "its wait step (wait_for_event) to consume, as SagaOrchestrator.deliver_event does: "
+        "the event is stored in the saga's inbox, then, with --app knowing the saga's type "
+        "(and no --no-drive), a saga parked at that wait consumes it and goes on, up to its "
+        "end or its next wait (PostgreSQL: workers are woken instead). Otherwise the event is "
+        "kept until the saga reaches its wait, or recover, the service's wake_due or a worker "
+        "resumes it. Prints what was done (consumed, stored, duplicate or ignored) and the "
+        "saga's status. Exit 0 when consumed, stored or a duplicate (delivered before: "
+        "nothing changed); 1 when ignored (the saga is finished or compensating, or past "
+        "every wait for EVENT: nothing stored) or no such saga; 2 for bad input (nothing "
+        "stored).",
+    )
+    deliver.add_argument(
+        "event",
+        type=_name,
+        metavar="EVENT",
+        help="the event's name, as the wait step waits for it (e.g. payment.captured)",
+    )
+    target = deliver.add_mutually_exclusive_group(required=True)
+    target.add_argument("--saga-id", type=_saga_id, metavar="SAGA_ID", help=SAGA_ID_HELP)
+    target.add_argument(
+        "--correlation-id",
+        type=_name,
+        metavar="KEY",
+        help="the saga's correlation id (the most recent saga with it)",
+    )
+    deliver.add_argument(
+        "--event-id",
+        required=True,
+        type=_name,
+        metavar="ID",
+        help="the event's unique id (e.g. the webhook's delivery id): an id delivered before "
+        "changes nothing",
+    )
+    payload = deliver.add_mutually_exclusive_group()
+    payload.add_argument(
+        "--payload",
+        type=_payload,
+        metavar="JSON",
+        help='a JSON object of data fields, e.g. \'{"reference": "ch_1"}\'; strings stay '
+        'strings: give a Decimal as {"$decimal": "12.50"}, a UUID as {"$uuid": "..."}, a '
+        'datetime as {"$datetime": "2026-01-01T00:00:00+00:00"} (default: {})',
+    )
+    payload.add_argument(
+        "--payload-file",
+        dest="payload",
+        type=_payload_file,
+        metavar="PATH",
+        help="read the payload (as --payload) from this file; - reads standard input",
+    )
+    deliver.add_argument(
+        "--no-drive",
+        action="store_true",
+        help="only store the event: the saga consumes it when recover, the service's "
+        "wake_due or a worker resumes it",
+    )
+    deliver.add_argument("--json", action="store_true", help="one JSON object instead of text")
+    deliver.set_defaults(handler=commands.run_deliver)
 
     worker = command(
         "worker",

@@ -10,18 +10,23 @@ from enum import Enum
 from typing import Any
 from uuid import UUID
 
+from ..inbox import Delivery, InboxEvent
 from ..state import SagaContext, SagaStatus, StepState, StepStatus
 
 __all__ = [
     "ERROR_WIDTH",
     "age",
     "current_step",
+    "delivery",
     "detail",
     "detail_text",
     "elapsed",
+    "inbox",
+    "step_cell",
     "summary",
     "table",
     "truncate",
+    "waiting_cells",
 ]
 
 ERROR_WIDTH = 60
@@ -39,6 +44,47 @@ def current_step(context: SagaContext[Any]) -> str | None:
     if not 0 <= context.current_step_index < len(context.steps):
         return None
     return context.steps[context.current_step_index].name
+
+
+def step_cell(context: SagaContext[Any]) -> str:
+    """``list``'s STEP: the current step, ``NAME (waiting)`` at a wait step, ``-`` if none."""
+    name = current_step(context)
+    if name is None:
+        return "-"
+    if context.steps[context.current_step_index].status is StepStatus.WAITING:
+        return f"{name} (waiting)"
+    return name
+
+
+def waiting_cells(steps: tuple[StepState, ...] | list[StepState], now: datetime) -> list[str]:
+    """The waiting step of a parked saga: its name, what it waits for, and until when."""
+    state = next((s for s in steps if s.status is StepStatus.WAITING), None)
+    if state is None:
+        return ["-", "-", "-"]
+    return [state.name, _waited_for(state), _until(state.wait_until, now)]
+
+
+def _is_wait(state: StepState) -> bool:
+    """Whether the record is of a wait step that began (a step not begun cannot tell)."""
+    return (
+        state.status is StepStatus.WAITING
+        or state.waiting_for is not None
+        or state.wait_until is not None
+        or state.event_id is not None
+    )
+
+
+def _waited_for(state: StepState) -> str:
+    return f"event {state.waiting_for!r}" if state.waiting_for is not None else "a timer"
+
+
+def _until(when: datetime | None, now: datetime) -> str:
+    """A wait's end: ``ISO (in 5m)``, ``ISO (passed 2m ago)``, or ``no timeout``."""
+    if when is None:
+        return "no timeout"
+    if elapsed(when, now) < timedelta(0):
+        return f"{when.isoformat()} (in {age(now, when)})"
+    return f"{when.isoformat()} (passed {age(when, now)} ago)"
 
 
 # ---------------------------------------------------------------------- JSON documents
@@ -101,6 +147,38 @@ def _step(state: StepState) -> dict[str, Any]:
         "compensated_at": _iso(state.compensated_at),
         "compensation_duration_seconds": compensation_duration,
         "compensation_error": state.compensation_error,
+        "waiting_for": state.waiting_for,
+        "wait_until": _iso(state.wait_until),
+        "event_id": state.event_id,
+    }
+
+
+def inbox(context: SagaContext[Any], events: list[InboxEvent]) -> list[dict[str, Any]]:
+    """The events kept for the saga, as ``show --json`` lists them: each with the step that
+    consumed it (``None``: not consumed) and its payload as stored (the JSON of
+    ``saga_orchestrator.serialization``, typed values tagged)."""
+    consumers = {s.event_id: s.name for s in context.steps if s.event_id is not None}
+    return [
+        {
+            "event_id": event.event_id,
+            "name": event.name,
+            "received_at": _iso(event.received_at),
+            "consumed": event.event_id in consumers,
+            "consumed_by": consumers.get(event.event_id),
+            "payload": json.loads(event.payload),
+        }
+        for event in events
+    ]
+
+
+def delivery(answer: Delivery, event: str) -> dict[str, Any]:
+    """What ``deliver --json`` prints."""
+    return {
+        "delivery": answer.status.value,
+        "event": event,
+        "event_id": answer.event_id,
+        "saga_id": str(answer.saga_id),
+        "saga_status": answer.saga_status.value,
     }
 
 
@@ -170,6 +248,8 @@ def detail_text(context: SagaContext[Any], detail: dict[str, Any], now: datetime
             f"{forward}{marker}"
         )
         pad = " " * (len(str(number)) + 4)
+        if _is_wait(state):
+            lines.append(f"{pad}{_wait_line(state, now)}")
         if state.error:
             lines.append(f"{pad}error: {state.error}")
         if state.effect_possible:
@@ -188,6 +268,18 @@ def detail_text(context: SagaContext[Any], detail: dict[str, Any], now: datetime
             if state.compensation_error:
                 text += f": {state.compensation_error}"
             lines.append(text)
+    if detail.get("inbox"):
+        lines += ["", "inbox"]
+        rows = [
+            [
+                event["event_id"],
+                event["name"],
+                when(datetime.fromisoformat(event["received_at"])),
+                f"by {event['consumed_by']}" if event["consumed"] else "no",
+            ]
+            for event in detail["inbox"]
+        ]
+        lines.append(table(["EVENT_ID", "NAME", "RECEIVED", "CONSUMED"], rows, indent="  "))
     if context.error_history:
         lines += ["", "error history"]
         for record in context.error_history:
@@ -196,6 +288,22 @@ def detail_text(context: SagaContext[Any], detail: dict[str, Any], now: datetime
     lines += ["", "data"]
     lines += [f"  {line}" for line in json.dumps(detail["data"], indent=2).splitlines()]
     return "\n".join(lines)
+
+
+def _wait_line(state: StepState, now: datetime) -> str:
+    """What a wait step waits, or waited, for: since when, until when, the event consumed."""
+    if state.status is StepStatus.WAITING:
+        since = (
+            f" since {state.started_at.isoformat()} ({age(state.started_at, now)} ago)"
+            if state.started_at is not None
+            else ""
+        )
+        return f"waiting for {_waited_for(state)}{since}, until {_until(state.wait_until, now)}"
+    until = state.wait_until.isoformat() if state.wait_until is not None else "no timeout"
+    text = f"waited for {_waited_for(state)}, until {until}"
+    if state.event_id is not None:
+        text += f"; consumed event {state.event_id}"
+    return text
 
 
 def table(headers: list[str], rows: list[list[str]], indent: str = "") -> str:

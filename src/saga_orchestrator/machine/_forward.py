@@ -110,6 +110,17 @@ def parked_until(context: SagaContext[Any]) -> datetime | None:
     return wake_at(context, saga.steps if saga is not None else None)
 
 
+def parked_for(context: SagaContext[Any]) -> str | None:
+    """For a saga at a wait step for an event, the event's name (a store keeps it, so that
+    storing that event, and only that one, makes the saga due); ``None`` otherwise."""
+    if context.status is not SagaStatus.RUNNING or not 0 <= context.current_step_index < len(
+        context.steps
+    ):
+        return None
+    state = context.steps[context.current_step_index]
+    return state.waiting_for if state.status is StepStatus.WAITING else None
+
+
 # ---------------------------------------------------------------------------- forward
 
 

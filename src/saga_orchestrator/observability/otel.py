@@ -15,10 +15,21 @@ propagate the trace (``opentelemetry.propagate.inject(headers)``).
 
 A saga resumed by another process (recovery) gets a new saga span there, marked
 ``saga.resumed = true``.
+
+Wait steps (``wait_for_event``, ``sleep_for``, ``sleep_until``) call no action, so they have no
+attempt span. When a saga begins a wait (``step.waiting``), its span gets the event
+``step.waiting`` and ends, its ``saga.status`` attribute ``"waiting"``: a parked saga holds no
+open span in any process, however long it waits. When the wait ends (its event consumed, its
+timer elapsed, timed out, rejected, cancelled), a new saga span (``saga.resumed = true``)
+starts at the instant the wait began, with a child ``wait step <name>`` covering the wait, and
+the saga's next steps under it. Events do not say whether a step is a wait, so a step is known
+as one once this process has seen one of its waits begin (whichever saga); until then (a worker
+that only resumes waits begun elsewhere, just after it started), its outcome gets no wait span.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 from uuid import UUID
@@ -28,6 +39,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from ..events import SagaEvent, SagaEventType
 from ..runtime import Phase, StepRun
+from ._waits import WaitSteps, wait_outcome
 
 __all__ = ["SagaTracing"]
 
@@ -57,18 +69,32 @@ class SagaTracing:
         )
         """The tracer the spans come from (instrumentation scope ``saga_orchestrator``)."""
         self._sagas: dict[UUID, Span] = {}
+        self._wait_steps = WaitSteps()
 
     # ------------------------------------------------------------------ listener
 
     def on_event(self, event: SagaEvent) -> None:
-        """The listener: open the saga's span when it starts, end it at its terminal event."""
+        """The listener: open the saga's span when it starts, end it at its terminal event or
+        when it parks at a wait step; span a wait when it ends."""
         if event.type is SagaEventType.SAGA_STARTED:
             self._saga_span(event.saga_id, event.saga_type, event.correlation_id, resumed=False)
+            return
+        if event.type is SagaEventType.STEP_WAITING:
+            self._wait_steps.saw_waiting(event)
+        elif self._wait_steps.ends_wait(event):
+            self._wait_span(event)
             return
         span = self._sagas.get(event.saga_id)
         if span is None:
             return
-        if event.type is SagaEventType.COMPENSATION_STARTED:
+        if event.type is SagaEventType.STEP_WAITING:
+            span.add_event(
+                "step.waiting", {"saga.step": event.step or "", "saga.attempt": event.attempt or 0}
+            )
+            span.set_attribute("saga.status", "waiting")
+            span.end()
+            del self._sagas[event.saga_id]
+        elif event.type is SagaEventType.COMPENSATION_STARTED:
             span.add_event("compensation.started", {"saga.error": event.error or ""})
         elif event.type in _TERMINAL:
             status = _TERMINAL[event.type]
@@ -115,8 +141,42 @@ class SagaTracing:
             span.set_attribute("saga.outcome", "ok")
             return result
 
+    def _wait_span(self, event: SagaEvent) -> None:
+        """The span of a wait that just ended, from its start (``duration_seconds`` ago) to
+        now, under the saga's span (a resumed one from the wait's start, if none is open)."""
+        end = time.time_ns()
+        start = end - int((event.duration_seconds or 0.0) * 1e9)
+        parent = self._sagas.get(event.saga_id) or self._saga_span(
+            event.saga_id, event.saga_type, event.correlation_id, resumed=True, start_time=start
+        )
+        outcome = wait_outcome(event)
+        span = self.tracer.start_span(
+            f"wait step {event.step}",
+            context=trace.set_span_in_context(parent),
+            kind=SpanKind.INTERNAL,
+            attributes={
+                "saga.id": str(event.saga_id),
+                "saga.type": event.saga_type,
+                "saga.step": event.step or "",
+                "saga.phase": "wait",
+                "saga.attempt": event.attempt or 0,
+                "saga.outcome": "ok" if outcome == "completed" else "error",
+                "saga.wait.outcome": outcome,
+            },
+            start_time=start,
+        )
+        if event.type is SagaEventType.STEP_FAILED:
+            span.set_status(Status(StatusCode.ERROR, event.error or outcome))
+        span.end(end_time=end)
+
     def _saga_span(
-        self, saga_id: UUID, saga_type: str, correlation_id: str | None, *, resumed: bool
+        self,
+        saga_id: UUID,
+        saga_type: str,
+        correlation_id: str | None,
+        *,
+        resumed: bool,
+        start_time: int | None = None,
     ) -> Span:
         span = self.tracer.start_span(
             f"saga {saga_type}",
@@ -128,6 +188,7 @@ class SagaTracing:
                 "saga.correlation_id": correlation_id or "",
                 "saga.resumed": resumed,
             },
+            start_time=start_time,
         )
         self._sagas[saga_id] = span
         return span

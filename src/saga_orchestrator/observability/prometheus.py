@@ -20,8 +20,11 @@ Metric names and labels are the ones the specification's Grafana dashboard queri
 
 plus ``saga_step_duration_seconds{saga_type, step, outcome}``,
 ``saga_step_retries_total{saga_type, step}`` and
-``saga_compensations_total{saga_type, step, outcome}``. Labels stay bounded: a saga id is never
-a label.
+``saga_compensations_total{saga_type, step, outcome}``; and for wait steps
+(``wait_for_event``, ``sleep_for``, ``sleep_until``), ``saga_waits_total{saga_type, step}``,
+``saga_wait_outcomes_total{saga_type, step, outcome}`` and
+``saga_wait_duration_seconds{saga_type, step, outcome}``. Labels stay bounded: a saga id is
+never a label.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from prometheus_client.registry import Collector
 
 from ..events import SagaEvent, SagaEventType
 from ..state import SagaStatus
+from ._waits import WaitSteps, wait_outcome
 
 if TYPE_CHECKING:
     from ..protocols import SagaStatusCounter
@@ -44,6 +48,20 @@ __all__ = ["PrometheusMetrics", "SagaStatesCollector"]
 
 SAGA_DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 1800, 3600)
 STEP_DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+WAIT_DURATION_BUCKETS = (
+    1,
+    10,
+    60,
+    300,
+    900,
+    3600,
+    4 * 3600,
+    12 * 3600,
+    86400,
+    3 * 86400,
+    7 * 86400,
+)
+"""Seconds: a wait lasts from a second (an event already delivered) to days (a timer)."""
 GAUGE_STATUSES = (
     SagaStatus.PENDING,
     SagaStatus.RUNNING,
@@ -70,6 +88,21 @@ class PrometheusMetrics:
         registry: where to register the metrics (``None``: nowhere, as in tests).
         saga_duration_buckets: histogram buckets of ``saga_duration_seconds``.
         step_duration_buckets: histogram buckets of ``saga_step_duration_seconds``.
+        wait_duration_buckets: histogram buckets of ``saga_wait_duration_seconds``.
+
+    Wait steps: each ``step.waiting`` event counts in ``saga_waits_total``. Events do not say
+    whether a step is a wait, so a step is taken for a wait step once this process has
+    counted one of its waits begin (its ``(saga_type, step)``, whichever saga). Its
+    ``step.completed`` and ``step.failed`` then count in ``saga_wait_outcomes_total`` and
+    ``saga_wait_duration_seconds`` (how long the saga waited; not for a cancelled wait, whose
+    event has no duration), instead of ``saga_step_duration_seconds``; a ``step.failed``
+    also counts in ``saga_step_failures_total``, as any failed step does. The outcome is
+    ``completed`` (its event was consumed, or its timer elapsed), ``timed_out`` (no event
+    within its timeout, or the saga's deadline came first), ``rejected`` (the event's
+    payload was refused), ``cancelled`` (an operator cancelled the saga) or ``failed``
+    (``sleep_until``'s ``until`` raised). A process that only resumes waits begun elsewhere
+    (a worker just started) counts their outcomes as an ordinary step's until it sees one of
+    that step's waits begin.
     """
 
     def __init__(
@@ -78,6 +111,7 @@ class PrometheusMetrics:
         *,
         saga_duration_buckets: Sequence[float] = SAGA_DURATION_BUCKETS,
         step_duration_buckets: Sequence[float] = STEP_DURATION_BUCKETS,
+        wait_duration_buckets: Sequence[float] = WAIT_DURATION_BUCKETS,
     ) -> None:
         self.executions = Counter(
             "saga_executions",
@@ -123,6 +157,29 @@ class PrometheusMetrics:
             registry=registry,
         )
         """``saga_compensations_total{saga_type, step, outcome}``."""
+        self.waits = Counter(
+            "saga_waits",
+            "Wait steps begun (step.waiting): the saga parks until its event or its time.",
+            ["saga_type", "step"],
+            registry=registry,
+        )
+        """``saga_waits_total{saga_type, step}``."""
+        self.wait_outcomes = Counter(
+            "saga_wait_outcomes",
+            "Waits ended, by outcome (completed, timed_out, rejected, cancelled or failed).",
+            ["saga_type", "step", "outcome"],
+            registry=registry,
+        )
+        """``saga_wait_outcomes_total{saga_type, step, outcome}``."""
+        self.wait_duration = Histogram(
+            "saga_wait_duration_seconds",
+            "Seconds from a wait's start to its outcome.",
+            ["saga_type", "step", "outcome"],
+            buckets=wait_duration_buckets,
+            registry=registry,
+        )
+        """``saga_wait_duration_seconds{saga_type, step, outcome}``."""
+        self._wait_steps = WaitSteps()
 
     def on_event(self, event: SagaEvent) -> None:
         """The listener: update the metrics the event concerns."""
@@ -133,6 +190,18 @@ class PrometheusMetrics:
             self.executions.labels(saga_type, status).inc()
             if event.duration_seconds is not None:
                 self.duration.labels(saga_type, status).observe(event.duration_seconds)
+        elif kind is SagaEventType.STEP_WAITING:
+            self.waits.labels(saga_type, event.step).inc()
+            self._wait_steps.saw_waiting(event)
+        elif self._wait_steps.ends_wait(event):
+            outcome = wait_outcome(event)
+            self.wait_outcomes.labels(saga_type, event.step, outcome).inc()
+            if event.duration_seconds is not None:
+                self.wait_duration.labels(saga_type, event.step, outcome).observe(
+                    event.duration_seconds
+                )
+            if kind is SagaEventType.STEP_FAILED:
+                self.step_failures.labels(saga_type, event.step).inc()
         elif kind is SagaEventType.STEP_COMPLETED:
             if event.duration_seconds is not None:
                 self.step_duration.labels(saga_type, event.step, "completed").observe(

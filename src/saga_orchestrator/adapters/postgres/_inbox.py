@@ -32,9 +32,10 @@ class _Inbox:
         def _channel(self, kind: str) -> str: ...
 
     async def store_event(self, event: InboxEvent) -> StoreOutcome:
-        """Keep ``event`` for its running saga, unless its id is kept already; make the saga
-        due and wake the workers (see [`SagaInbox`][saga_orchestrator.protocols.SagaInbox]).
-        One statement, so one transaction."""
+        """Keep ``event`` for its running saga, unless its id is kept already; if the saga is
+        parked at a wait for this event, make it due and wake the workers (see
+        [`SagaInbox`][saga_orchestrator.protocols.SagaInbox]). One statement, so one
+        transaction."""
         sagas, inbox = self._db.table("sagas"), self._db.table("saga_inbox")
         query = sql.SQL(
             "WITH s AS (SELECT status FROM {sagas} WHERE saga_id = %(saga)s),"
@@ -43,10 +44,11 @@ class _Inbox:
             " WHERE EXISTS (SELECT 1 FROM s WHERE status = 'running')"
             " ON CONFLICT (event_id) DO NOTHING RETURNING 1),"
             " u AS (UPDATE {sagas} SET run_after = %(at)s WHERE saga_id = %(saga)s"
-            " AND EXISTS (SELECT 1 FROM i) AND run_after > %(at)s RETURNING 1)"
+            " AND waiting_for = %(name)s AND EXISTS (SELECT 1 FROM i) AND run_after > %(at)s"
+            " RETURNING 1)"
             " SELECT (SELECT status FROM s), EXISTS (SELECT 1 FROM i),"
             " EXISTS (SELECT 1 FROM {inbox} WHERE event_id = %(id)s),"
-            " (SELECT pg_notify(%(channel)s, '') FROM i), (SELECT count(*) FROM u)"
+            " (SELECT pg_notify(%(channel)s, '') FROM u), (SELECT count(*) FROM u)"
         ).format(sagas=sagas, inbox=inbox)
         params = {
             "saga": event.saga_id,

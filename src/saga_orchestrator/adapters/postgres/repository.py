@@ -14,7 +14,7 @@ from psycopg import sql
 
 from ...errors import SagaAlreadyExistsError, SagaConflictError, SagaLeaseError
 from ...events import SagaEvent
-from ...machine import wake_at
+from ...machine import parked_for, wake_at
 from ...serialization import StateChanges
 from ...state import ACTIVE_STATUSES, SagaContext, SagaStatus, SkippedSaga
 from .._common import ACTIVE_STATUS_FILTER, selection
@@ -239,8 +239,9 @@ class PostgresSagaRepository(_LeaseHolder, _Notifications, _OutboxReader, _Inbox
         insert = (
             "INSERT INTO {} (saga_id, saga_type, correlation_id, status, version,"
             " created_at, updated_at, state, run_after, lease_owner, lease_expires_at,"
-            " lease_epoch, snapshot_version) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
-            " CASE WHEN %s THEN clock_timestamp() + %s * interval '1 second' END, %s, %s)"
+            " lease_epoch, snapshot_version, waiting_for) VALUES (%s, %s, %s, %s, %s, %s, %s, %s,"
+            " %s, %s, CASE WHEN %s THEN clock_timestamp() + %s * interval '1 second' END, %s,"
+            " %s, %s)"
             " ON CONFLICT (saga_id) DO NOTHING RETURNING lease_epoch"
         )
         values = (
@@ -258,6 +259,7 @@ class PostgresSagaRepository(_LeaseHolder, _Notifications, _OutboxReader, _Inbox
             self.lease_seconds,
             1 if owner is not None else 0,
             context.version,
+            parked_for(context),
         )
         notify = None if owner is not None else (self._channel("ready"), "")
         statement = self._write_statement(
@@ -346,12 +348,13 @@ class PostgresSagaRepository(_LeaseHolder, _Notifications, _OutboxReader, _Inbox
         # The columns before `state` first: a patch leaves `state` and what follows it as it
         # was, and the lease columns too while this object holds the lease (the heartbeat
         # renews it), so that the new row version shares them with the old one.
-        common = "status = %s, version = %s, updated_at = %s, run_after = %s"
+        common = "status = %s, version = %s, updated_at = %s, run_after = %s, waiting_for = %s"
         values: tuple[Any, ...] = (
             context.status.value,
             context.version,
             context.updated_at or datetime.now(UTC),
             _run_after(context),
+            parked_for(context),
         )
         if state is not None:
             common += ", state = %s, snapshot_version = %s"

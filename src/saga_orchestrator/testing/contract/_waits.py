@@ -114,8 +114,9 @@ class SagaInboxContract:
     async def test_a_parked_saga_is_due_at_its_time_or_when_an_event_is_stored(
         self, saga_repository: SagaRepository
     ) -> None:
-        """``due_waits``: a saga parked at a wait is not due before its timeout, is due once
-        an event is stored for it, or once its time comes; a finished one never is."""
+        """``due_waits``: a saga parked at a wait is not due before its timeout; it is due once
+        the event it waits for is stored (another event does not make it due), or once its
+        time comes."""
         inbox = _inbox(saga_repository)
         clock, log = ManualClock(), list[str]()
         orchestrator = _orchestrator(saga_repository, clock, log)
@@ -123,6 +124,9 @@ class SagaInboxContract:
         second = await orchestrator.execute(ContractWaitSaga(ContractWaitData(), log))
         assert await inbox.due_waits(clock.now()) == []
         clock.advance(1)
+        other = InboxEvent("o", first.saga_id, "another.event", dumps({}), clock.now())
+        assert await inbox.store_event(other) is StoreOutcome.STORED
+        assert await inbox.due_waits(clock.now()) == []  # not the event it waits for
         event = InboxEvent("e", second.saga_id, CONFIRMED, dumps({}), clock.now())
         assert await inbox.store_event(event) is StoreOutcome.STORED
         assert await inbox.due_waits(clock.now()) == [second.saga_id]
@@ -317,22 +321,35 @@ class SagaInboxContract:
     async def test_an_event_received_after_the_timeout_loses_to_it(
         self, saga_repository: SagaRepository
     ) -> None:
-        """Stored (``drive=False``) after the wait's time was up but before anything woke the
-        saga: the timeout wins, the event is not consumed and changes nothing."""
-        _inbox(saga_repository)
+        """Delivered after the wait's time was up but before anything woke the saga: the
+        timeout wins. With ``drive=False`` the answer is ``ignored``, nothing is stored, and
+        the saga times out when woken; driven, the delivering call times it out itself."""
+        inbox = _inbox(saga_repository)
         clock, log = ManualClock(), list[str]()
         orchestrator = _orchestrator(saga_repository, clock, log)
         parked = await orchestrator.execute(ContractWaitSaga(ContractWaitData(), log))
-        clock.advance(61)
+        driven = await orchestrator.execute(ContractWaitSaga(ContractWaitData(), log))
+        clock.advance(60)
         delivery = await orchestrator.deliver_event(
             CONFIRMED, _payload("LATE"), event_id="late", saga_id=parked.saga_id, drive=False
         )
-        assert delivery.status is DeliveryStatus.STORED
-        [result] = await orchestrator.wake_due()
+        assert (delivery.status, delivery.saga_status) == (
+            DeliveryStatus.IGNORED,
+            SagaStatus.RUNNING,
+        )
+        assert await inbox.saga_events(parked.saga_id) == []
+        [result] = [r for r in await orchestrator.wake_due() if r.saga_id == parked.saga_id]
         assert result.status is SagaStatus.COMPENSATED
-        assert log == ["book", "undo-book"]
         assert result.data.confirmation is None
         assert result.steps[1].event_id is None
+        timed_out = await orchestrator.deliver_event(
+            CONFIRMED, _payload("LATE"), event_id="late-2", saga_id=driven.saga_id, drive=True
+        )
+        assert (timed_out.status, timed_out.saga_status) == (
+            DeliveryStatus.IGNORED,
+            SagaStatus.COMPENSATED,
+        )
+        assert log == ["book", "book", "undo-book", "undo-book"]
 
     async def test_an_event_received_before_the_timeout_wins_even_if_woken_after(
         self, saga_repository: SagaRepository

@@ -1,8 +1,11 @@
 -- Durable waits (wait_for_event, sleep_for). A saga parked at a wait step is in flight, leased
 -- to nobody, with `run_after` at its timer or timeout ('9999-12-31' when only an event wakes
--- it): workers claim it when due, as any other. Events addressed to sagas are kept here until
--- a wait step consumes them (the consuming step records the event's id in the saga's state);
--- storing one makes its saga due at once and notifies the workers.
+-- it): workers claim it when due, as any other; `waiting_for` names the event it waits for
+-- (NULL otherwise). Events addressed to sagas are kept in `saga_inbox` until a wait step
+-- consumes them (the consuming step records the event's id in the saga's state); storing the
+-- event a parked saga waits for makes it due at once and notifies the workers.
+ALTER TABLE sagas ADD COLUMN waiting_for text;
+
 CREATE TABLE saga_inbox (
     seq         bigint GENERATED ALWAYS AS IDENTITY,
     event_id    text PRIMARY KEY,
