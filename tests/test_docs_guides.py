@@ -80,6 +80,7 @@ COVERED = {
     "howto_testing_test.py": "test_testing_guide_tests_pass",
     "howto_testing_asyncio.py": "test_testing_guide_tests_pass",
     "howto_operating_refunds_down.py": "test_failed_sagas_are_retried_as_the_page_shows",
+    "howto_webhooks.py": "test_script_prints_what_the_page_shows",
 }
 
 
@@ -99,6 +100,7 @@ SCRIPTS: dict[str, tuple[Callable[[Path], list[str]], tuple[tuple[str, str], ...
         ((r"in \d+ transactions", "in <n> transactions"),),
     ),
     "howto_upgrading.py": (lambda tmp: [str(tmp / "payments.db")], ()),
+    "howto_webhooks.py": (lambda tmp: [str(tmp)], ()),
 }
 
 
