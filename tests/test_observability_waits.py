@@ -13,6 +13,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, ClassVar
 
+import anyio
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -20,7 +21,13 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 from prometheus_client import CollectorRegistry, generate_latest
 
-from saga_orchestrator import BaseSaga, InMemorySagaRepository, SagaOrchestrator, SagaStep
+from saga_orchestrator import (
+    BaseSaga,
+    InMemorySagaRepository,
+    SagaEvent,
+    SagaOrchestrator,
+    SagaStep,
+)
 from saga_orchestrator.definitions import sleep_for, sleep_until, wait_for_event
 from saga_orchestrator.observability.otel import SagaTracing
 from saga_orchestrator.observability.prometheus import PrometheusMetrics
@@ -203,9 +210,9 @@ async def test_every_kind_of_wait_failure_has_its_outcome() -> None:
     assert _sample(registry, "saga_waits_total", saga_type="broken_timer", step="nap") == 1
 
 
-async def test_a_process_that_never_saw_the_wait_begin_counts_a_plain_step() -> None:
-    """Events do not say a step is a wait: a fresh process that only resumes a wait begun
-    elsewhere counts its end as an ordinary step's, as documented."""
+async def test_a_process_that_never_saw_the_wait_begin_counts_its_end_as_a_wait() -> None:
+    """A wait's events say so (``SagaEvent.wait``): a fresh process that only resumes a wait
+    begun elsewhere counts its end as a wait's, not as a step's latency."""
     clock = ManualClock()
     repository = InMemorySagaRepository()
     first = _orchestrator(clock, repository)
@@ -215,13 +222,52 @@ async def test_a_process_that_never_saw_the_wait_begin_counts_a_plain_step() -> 
     clock.advance(5)
     await other.deliver_event("payment.captured", {}, event_id="e1", saga_id=parked.saga_id)
     captured = {"saga_type": "pay", "step": "captured", "outcome": "completed"}
-    assert _sample(registry, "saga_wait_outcomes_total", **captured) is None
-    assert _sample(registry, "saga_step_duration_seconds_count", **captured) == 1
-    # The timer it then begins is known from its start: its end is a wait's.
-    clock.advance(31)
-    await other.wake_due()
-    timer = {"saga_type": "pay", "step": "cool_off", "outcome": "completed"}
-    assert _sample(registry, "saga_wait_outcomes_total", **timer) == 1
+    assert _sample(registry, "saga_wait_outcomes_total", **captured) == 1
+    assert _sample(registry, "saga_wait_duration_seconds_sum", **captured) == 5.0
+    assert _sample(registry, "saga_step_duration_seconds_count", **captured) is None
+
+
+def test_wait_events_say_what_they_wait_for() -> None:
+    """``step.waiting`` and the end of a wait carry ``wait`` (the event's name, or
+    "timer"); it survives the JSON wire format and PostgreSQL's compact journal."""
+    from saga_orchestrator.adapters.postgres._outbox import decode_events, encode_events
+    from saga_orchestrator.events import decode_event, encode_event
+
+    events = []
+
+    class Listen:
+        def on_event(self, event: SagaEvent) -> None:
+            events.append(event)
+
+    async def run() -> None:
+        clock = ManualClock()
+        orchestrator = _orchestrator(clock, InMemorySagaRepository(), listeners=[Listen()])
+        parked = await orchestrator.execute(PaySaga(PayData()))
+        await orchestrator.deliver_event(
+            "payment.captured", {}, event_id="e", saga_id=parked.saga_id
+        )
+        clock.advance(31)
+        await orchestrator.wake_due()
+
+    anyio.run(run)
+    waits = [(e.type.value, e.step, e.wait) for e in events if e.wait is not None]
+    assert waits == [
+        ("step.waiting", "captured", "payment.captured"),
+        ("step.completed", "captured", "payment.captured"),
+        ("step.waiting", "cool_off", "timer"),
+        ("step.completed", "cool_off", "timer"),
+    ]
+    assert all(e.wait is None for e in events if e.step not in ("captured", "cool_off"))
+    for event in events:
+        assert decode_event(encode_event(event)) == event
+    first = events[0]
+    text = encode_events(events[1:3], first.saga_id, first.saga_type, first.correlation_id)
+    assert (
+        decode_events(
+            text, first.saga_id, first.saga_type, first.correlation_id, events[1].occurred_at
+        )
+        == events[1:3]
+    )
 
 
 # ---------------------------------------------------------------------- OpenTelemetry

@@ -77,6 +77,10 @@ class SagaEvent:
     was first stored. ``None`` where it does not apply."""
     correlation_id: str | None = None
     """The saga's business key, if any."""
+    wait: str | None = None
+    """The events of a wait step (``step.waiting``, and the ``step.completed`` or
+    ``step.failed`` that ends the wait): what it waits for, the event's name or ``"timer"``.
+    ``None`` for every other event."""
     event_id: UUID = field(default_factory=uuid4)
     """Stable identity for consumers to deduplicate redeliveries. The orchestrator's events
     carry [`event_id_for`][saga_orchestrator.events.event_id_for]``(saga_id, sequence)``
@@ -95,7 +99,8 @@ def event_id_for(saga_id: UUID, sequence: int) -> UUID:
 def encode_event(event: SagaEvent) -> str:
     """The event as a JSON object (the wire format of the outbox and the broker publishers).
 
-    Field names are the attribute names; ids are strings, ``occurred_at`` is ISO 8601 UTC.
+    Field names are the attribute names; ids are strings, ``occurred_at`` is ISO 8601 UTC;
+    ``wait`` is written only when set.
     ``decode_event`` gives back an equal event.
     """
     # Written directly (every event of an outbox is encoded in the hot path): the same text
@@ -128,6 +133,7 @@ def encode_event(event: SagaEvent) -> str:
             "true" if event.will_retry else "false",
             ',"duration_seconds":',
             "null" if duration is None else _float(duration),
+            "" if event.wait is None else f',"wait":{_quote(event.wait)}',
             "}",
         )
     )
@@ -148,6 +154,7 @@ def _event_dict(event: SagaEvent) -> dict[str, Any]:
         "error": event.error,
         "will_retry": event.will_retry,
         "duration_seconds": event.duration_seconds,
+        **({} if event.wait is None else {"wait": event.wait}),
     }
 
 
@@ -191,6 +198,7 @@ def decode_event(text: str | bytes) -> SagaEvent:
             error=raw.get("error"),
             will_retry=bool(raw.get("will_retry", False)),
             duration_seconds=raw.get("duration_seconds"),
+            wait=raw.get("wait"),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"not a saga event document: {exc!r}") from exc

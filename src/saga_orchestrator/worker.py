@@ -18,9 +18,12 @@ await SagaWorker(orchestrator, concurrency=32).run_until_signalled()
 - **Leases** are renewed by heartbeats while a saga runs. A worker that dies loses its sagas
   to the others when their leases expire; the step it was running counts as interrupted
   (possibly done) and is retried or compensated by the rules of the saga.
-- **Durable timers.** A saga waiting longer than ``park_after_seconds`` (a retry backoff, or
-  its deadline) is handed back with its wake-up time stored; whichever worker is free then
-  resumes it.
+- **Durable timers.** A saga waiting longer than ``park_after_seconds`` (a retry backoff, its
+  deadline, a ``sleep_for`` timer) is handed back with its wake-up time stored; whichever
+  worker is free then resumes it.
+- **Waits for events.** A saga reaching a ``wait_for_event`` step whose event has not come is
+  handed back at once, due at its timeout; storing the event it waits for
+  (``deliver_event``, from any process) makes it due now and notifies the workers.
 - **Shutdown.** ``stop()`` (SIGTERM or SIGINT under ``run_until_signalled``) stops claiming,
   hands back the sagas that are waiting, lets running steps finish for up to
   ``shutdown_grace_seconds``, then cancels the rest and releases their leases, so no saga

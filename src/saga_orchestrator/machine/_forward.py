@@ -7,12 +7,20 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from ..definitions import SagaStep
+from ..definitions import SagaStep, Wait
 from ..events import SagaEventType
 from ..retry import RetryPolicy
 from ..state import SagaContext, SagaStatus, StepState, StepStatus
 from ._backward import _enter_compensation
 from ._rules import NEVER, Failure, Transition, _age, _attempts, _saga_to, _step_to
+
+
+def _waits(wait: Wait[Any] | None) -> str | None:
+    """The ``wait`` field of a wait step's events: its event's name, or ``"timer"``."""
+    if wait is None:
+        return None
+    return wait.event if wait.event is not None else "timer"
+
 
 # ---------------------------------------------------------------------------- start
 
@@ -193,7 +201,7 @@ def _begin(
         state.wait_until = now + timedelta(seconds=wait.timeout_seconds)
     else:
         state.wait_until = None
-    t.emit(SagaEventType.STEP_WAITING, step=state.name, attempt=state.attempts)
+    t.emit(SagaEventType.STEP_WAITING, step=state.name, attempt=state.attempts, wait=_waits(wait))
     if error is not None:  # the timer cannot be set: the step fails now
         failure = Failure(text=error, retryable=False, effect_possible=False)
         _fail(context, steps, index, failure, now, None, t)
@@ -288,6 +296,7 @@ def complete_step(
         step=state.name,
         attempt=state.attempts,
         duration_seconds=seconds,
+        wait=_waits(steps[index].wait),
     )
     nxt = index + 1
     if nxt == len(context.steps):
@@ -375,6 +384,7 @@ def _fail(
         attempt=state.attempts,
         error=failure.text,
         duration_seconds=seconds,
+        wait=_waits(steps[index].wait),
     )
     _enter_compensation(context, steps, index, f"{state.name}: {failure.text}", now, t)
 
@@ -397,7 +407,11 @@ def cancel(
         _step_to(state, StepStatus.FAILED)
         state.next_attempt_at = None
         t.emit(
-            SagaEventType.STEP_FAILED, step=state.name, attempt=state.attempts, error=state.error
+            SagaEventType.STEP_FAILED,
+            step=state.name,
+            attempt=state.attempts,
+            error=state.error,
+            wait=_waits(steps[index].wait),
         )
     _enter_compensation(context, steps, index, f"cancelled: {reason}", now, t)
     return t

@@ -1,12 +1,10 @@
-"""What the metrics and tracing listeners tell of wait steps: which steps wait, and how a
-wait ended.
+"""What the metrics and tracing listeners tell of wait steps: which events end a wait, and
+how the wait ended.
 
-An event names its step but not whether the step is a wait, so a listener learns it: a step
-that began a wait (``step.waiting``) in this process is a wait step, and its later
-``step.completed`` and ``step.failed`` are the outcomes of its waits, whichever saga they are
-of. Before a process has seen one of a step's waits begin (a worker that only resumes waits
-begun elsewhere, just after it started), that step's outcomes are taken for an ordinary
-step's.
+A wait step's events carry ``SagaEvent.wait`` (what it waits for): its ``step.completed`` or
+``step.failed`` ends a wait, in whichever process it happens. Events without it (relayed from
+an outbox written before it existed) are recognised by their step, if this process saw that
+step begin a wait (``step.waiting``).
 """
 
 from __future__ import annotations
@@ -42,10 +40,9 @@ class WaitSteps:
 
     def ends_wait(self, event: SagaEvent) -> bool:
         """Whether ``event`` is a ``step.completed`` or ``step.failed`` of a wait step."""
-        return (
-            event.type in (SagaEventType.STEP_COMPLETED, SagaEventType.STEP_FAILED)
-            and event.step is not None
-            and (event.saga_type, event.step) in self._known
+        return event.type in (SagaEventType.STEP_COMPLETED, SagaEventType.STEP_FAILED) and (
+            event.wait is not None
+            or (event.step is not None and (event.saga_type, event.step) in self._known)
         )
 
 

@@ -22,9 +22,8 @@ attempt span. When a saga begins a wait (``step.waiting``), its span gets the ev
 open span in any process, however long it waits. When the wait ends (its event consumed, its
 timer elapsed, timed out, rejected, cancelled), a new saga span (``saga.resumed = true``)
 starts at the instant the wait began, with a child ``wait step <name>`` covering the wait, and
-the saga's next steps under it. Events do not say whether a step is a wait, so a step is known
-as one once this process has seen one of its waits begin (whichever saga); until then (a worker
-that only resumes waits begun elsewhere, just after it started), its outcome gets no wait span.
+the saga's next steps under it. The wait's end is known by its event's ``wait`` field, in
+whichever process it happens.
 """
 
 from __future__ import annotations

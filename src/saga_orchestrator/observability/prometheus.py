@@ -90,19 +90,16 @@ class PrometheusMetrics:
         step_duration_buckets: histogram buckets of ``saga_step_duration_seconds``.
         wait_duration_buckets: histogram buckets of ``saga_wait_duration_seconds``.
 
-    Wait steps: each ``step.waiting`` event counts in ``saga_waits_total``. Events do not say
-    whether a step is a wait, so a step is taken for a wait step once this process has
-    counted one of its waits begin (its ``(saga_type, step)``, whichever saga). Its
-    ``step.completed`` and ``step.failed`` then count in ``saga_wait_outcomes_total`` and
+    Wait steps: each ``step.waiting`` event counts in ``saga_waits_total``. The
+    ``step.completed`` and ``step.failed`` that end a wait (their ``wait`` is set) count in
+    ``saga_wait_outcomes_total`` and
     ``saga_wait_duration_seconds`` (how long the saga waited; not for a cancelled wait, whose
     event has no duration), instead of ``saga_step_duration_seconds``; a ``step.failed``
     also counts in ``saga_step_failures_total``, as any failed step does. The outcome is
     ``completed`` (its event was consumed, or its timer elapsed), ``timed_out`` (no event
     within its timeout, or the saga's deadline came first), ``rejected`` (the event's
     payload was refused), ``cancelled`` (an operator cancelled the saga) or ``failed``
-    (``sleep_until``'s ``until`` raised). A process that only resumes waits begun elsewhere
-    (a worker just started) counts their outcomes as an ordinary step's until it sees one of
-    that step's waits begin.
+    (``sleep_until``'s ``until`` raised), in whichever process the wait ends.
     """
 
     def __init__(

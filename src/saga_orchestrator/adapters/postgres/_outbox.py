@@ -4,7 +4,7 @@ its journal row (``saga_journal.events``), and the relay's side: read, mark, pur
 A journal row's events are a JSON array, one item per event: when they share the row's
 ``occurred_at`` and their saga's id, type and correlation id (a transition's events do), an
 array ``[event_id, type, sequence, step,
-attempt, error, will_retry, duration_seconds]`` without its trailing nulls and falses, with
+attempt, error, will_retry, duration_seconds, wait]`` without its trailing nulls and falses, with
 ``null`` for an ``event_id`` that is ``event_id_for(saga_id, sequence)`` and the type as its
 code (``TYPE_CODES``);
 otherwise the whole event
@@ -93,6 +93,7 @@ def encode_events(
             _nullable(event.error),
             "true" if event.will_retry else "false",
             "null" if duration is None else _float(duration),
+            _nullable(event.wait),
         ]
         while fields[-1] in ("null", "false"):  # trailing defaults are left out
             fields.pop()
@@ -110,8 +111,8 @@ def decode_events(
         if type(item) is dict:
             events.append(decode_event(json.dumps(item)))
             continue
-        event_id, kind, sequence, step, attempt, error, will_retry, duration = (
-            item + [None, None, None, False, None][len(item) - 3 :]
+        event_id, kind, sequence, step, attempt, error, will_retry, duration, wait = (
+            item + [None, None, None, False, None, None][len(item) - 3 :]
         )
         events.append(
             SagaEvent(
@@ -127,6 +128,7 @@ def decode_events(
                 error=error,
                 will_retry=will_retry,
                 duration_seconds=duration,
+                wait=wait,
             )
         )
     return events
