@@ -1254,7 +1254,9 @@ def machine_info(pg_url: str | None = None) -> dict[str, Any]:
         "git_commit": git("rev-parse", "HEAD"),
         "git_dirty": bool(status) if status is not None else None,
         "library_dirty": bool(library) if library is not None else None,
-        "git_changed_files": [line[3:] for line in (status or "").splitlines()],
+        # Porcelain lines are "XY path": the status's two columns may be blanks that the
+        # output's strip() ate on the first line, so the path is what follows them.
+        "git_changed_files": [line[2:].lstrip() for line in (status or "").splitlines()],
         "load_average_at_start": _load(),
     }
     if pg_url is not None:

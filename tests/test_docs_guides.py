@@ -237,9 +237,57 @@ RANGES = {
         "@asynccontextmanager",
         "yield shop.orchestrator",
     ),
+    ("examples/order_fulfillment/api/app.py", 42, 57): (
+        "@asynccontextmanager",
+        "background.cancel_scope.cancel()",
+    ),
+    ("examples/order_fulfillment/api/idempotency.py", 85, 87): (
+        "def saga_id_for(order_id: UUID) -> UUID:",
+        'return uuid5(_SAGA_NAMESPACE, f"order-{order_id}")',
+    ),
+    ("examples/order_fulfillment/api/models.py", 60, 94): (
+        "class _Strict(BaseModel):",
+        "shipping_address: ShippingAddressRequest",
+    ),
+    ("examples/order_fulfillment/api/orders.py", 74, 98): (
+        "async def _run_saga(",
+        'return JSONResponse(body.model_dump(mode="json"), status_code=400)',
+    ),
+    ("examples/order_fulfillment/api/orders.py", 148, 193): (
+        "async def create_order(",
+        "return response",
+    ),
+    ("examples/order_fulfillment/async_payments.py", 49, 121): (
+        "class PaymentStatus(StrEnum):",
+        "...",
+    ),
+    ("examples/order_fulfillment/async_payments.py", 251, 260): (
+        "async def capture(self, payment_id: UUID, *, fail_reason: str | None = None) -> CaptureNotice:",  # noqa: E501
+        '"""',
+    ),
+    ("examples/order_fulfillment/async_saga.py", 48, 69): (
+        "def accept_capture(data: OrderData, payload: Mapping[str, Any]) -> dict[str, Any]:",
+        "return {}",
+    ),
+    ("examples/order_fulfillment/async_saga.py", 72, 116): (
+        "class AsyncPaymentOrderSaga(OrderFulfillmentSaga):",
+        "]",
+    ),
+    ("examples/order_fulfillment/async_saga.py", 118, 142): (
+        "async def _authorize_payment(self, data: OrderData) -> dict[str, Any]:",
+        ")",
+    ),
+    ("examples/order_fulfillment/db.py", 88, 102): (
+        "def _in_transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:",
+        "return await anyio.to_thread.run_sync(self._in_transaction, fn)",
+    ),
     ("examples/order_fulfillment/domain.py", 19, 51): (
         "@dataclass",
         "tracking_number: str | None = None",
+    ),
+    ("examples/order_fulfillment/faults.py", 28, 86): (
+        "@dataclass(frozen=True, kw_only=True)",
+        'raise ServiceUnavailableError(f"{operation}: reply lost after the effect (injected)")',
     ),
     ("examples/order_fulfillment/saga.py", 29, 60): (
         "class OrderFulfillmentSaga(BaseSaga[OrderData]):",
@@ -261,36 +309,16 @@ RANGES = {
         "def _fencing() -> dict[str, Any]:",
         'return {"fencing_token": run.fencing_token, "saga_id": run.saga_id}',
     ),
-    ("examples/order_fulfillment/shop.py", 97, 97): (
-        "self.orchestrator.register(OrderFulfillmentSaga.saga_type, self.saga)",
-        "self.orchestrator.register(OrderFulfillmentSaga.saga_type, self.saga)",
-    ),
-    ("examples/order_fulfillment/shop.py", 121, 129): (
-        "def saga(self, order: OrderData) -> OrderFulfillmentSaga:",
-        ")",
-    ),
-    ("examples/order_fulfillment/shop.py", 222, 232): (
-        "async def check_invariants(self) -> list[str]:",
-        '"""',
-    ),
     ("examples/order_fulfillment/services.py", 80, 211): (
-        "# Every method also takes `fencing_token` and `saga_id` (both optional): the running"
-        " step's",
+        "# Every method also takes `fencing_token` and `saga_id` (both optional): the running step's",  # noqa: E501
         "...",
     ),
     ("examples/order_fulfillment/services.py", 217, 268): ("class _Service:", "return result"),
-    ("examples/order_fulfillment/services.py", 307, 343): (
-        "def _check_fence(",
-        "return None",
-    ),
-    ("examples/order_fulfillment/services.py", 394, 446): (
-        "async def reserve(",
-        "return result",
-    ),
+    ("examples/order_fulfillment/services.py", 307, 343): ("def _check_fence(", "return None"),
+    ("examples/order_fulfillment/services.py", 394, 446): ("async def reserve(", "return result"),
     ("examples/order_fulfillment/services.py", 448, 476): ("async def release(", ")"),
     ("examples/order_fulfillment/services.py", 514, 522): (
-        "def _release(c: sqlite3.Connection, column: str, value: str, reason: str, now: datetime)"
-        " -> None:",
+        "def _release(c: sqlite3.Connection, column: str, value: str, reason: str, now: datetime) -> None:",  # noqa: E501
         ")",
     ),
     ("examples/order_fulfillment/services.py", 559, 613): ("async def charge(", "return result"),
@@ -302,30 +330,33 @@ RANGES = {
     ("examples/order_fulfillment/services.py", 713, 763): ("async def create(", "return result"),
     ("examples/order_fulfillment/services.py", 765, 799): ("async def cancel(", ")"),
     ("examples/order_fulfillment/services.py", 862, 886): ("async def send_email(", ")"),
-    ("examples/order_fulfillment/db.py", 88, 102): (
-        "def _in_transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:",
-        "return await anyio.to_thread.run_sync(self._in_transaction, fn)",
+    ("examples/order_fulfillment/shop.py", 127, 127): (
+        "self.orchestrator.register(OrderFulfillmentSaga.saga_type, self.saga)",
+        "self.orchestrator.register(OrderFulfillmentSaga.saga_type, self.saga)",
     ),
-    ("examples/order_fulfillment/faults.py", 28, 86): (
-        "@dataclass(frozen=True, kw_only=True)",
-        'raise ServiceUnavailableError(f"{operation}: reply lost after the effect (injected)")',
+    ("examples/order_fulfillment/shop.py", 127, 128): (
+        "self.orchestrator.register(OrderFulfillmentSaga.saga_type, self.saga)",
+        "self.orchestrator.register(AsyncPaymentOrderSaga.saga_type, self.async_saga)",
     ),
-    ("examples/order_fulfillment/api/app.py", 29, 39): ("@asynccontextmanager", "}"),
-    ("examples/order_fulfillment/api/models.py", 60, 94): (
-        "class _Strict(BaseModel):",
-        "shipping_address: ShippingAddressRequest",
+    ("examples/order_fulfillment/shop.py", 153, 161): (
+        "def saga(self, order: OrderData) -> OrderFulfillmentSaga:",
+        ")",
     ),
-    ("examples/order_fulfillment/api/orders.py", 62, 81): (
-        "async def _run_saga(shop: Shop, order: OrderData) -> SagaResult[OrderData]:",
-        'return JSONResponse(body.model_dump(mode="json"), status_code=400)',
+    ("examples/order_fulfillment/shop.py", 163, 173): (
+        "def async_saga(self, order: OrderData) -> AsyncPaymentOrderSaga:",
+        ")",
     ),
-    ("examples/order_fulfillment/api/orders.py", 124, 167): (
-        "async def create_order(",
-        "return response",
+    ("examples/order_fulfillment/shop.py", 199, 212): (
+        "async def run_timer(self, interval_seconds: float = 1.0) -> NoReturn:",
+        "await anyio.sleep(interval_seconds)",
     ),
-    ("examples/order_fulfillment/api/idempotency.py", 79, 81): (
-        "def saga_id_for(order_id: UUID) -> UUID:",
-        'return uuid5(_SAGA_NAMESPACE, f"order-{order_id}")',
+    ("examples/order_fulfillment/shop.py", 290, 302): (
+        "async def check_invariants(self) -> list[str]:",
+        '"""',
+    ),
+    ("examples/order_fulfillment/webhooks.py", 277, 297): (
+        "async def receive(self, body: bytes, signature: str | None) -> tuple[CaptureNotice, Delivery]:",  # noqa: E501
+        "return notice, delivery",
     ),
 }
 

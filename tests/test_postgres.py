@@ -113,6 +113,7 @@ async def test_fresh_schema_gets_the_current_schema(postgres_schema: PostgresSch
         "lease_epoch": "bigint",
         "run_after": "timestamp with time zone",
         "snapshot_version": "bigint",
+        "waiting_for": "text",
     }
     indexes = {
         row[0]
@@ -133,6 +134,8 @@ async def test_fresh_schema_gets_the_current_schema(postgres_schema: PostgresSch
         "saga_journal_pkey",
         "saga_journal_unsent",
         "saga_journal_sent",
+        "saga_inbox_pkey",
+        "saga_inbox_by_saga",
     } <= indexes
 
 

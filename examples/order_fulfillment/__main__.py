@@ -1,6 +1,7 @@
 """The order-fulfilment demo: place orders with faults injected, then check the books.
 
 python -m order_fulfillment                 # a few hundred orders on a temporary SQLite file
+                                            # (a tenth of them paid asynchronously, by webhook)
 python -m order_fulfillment --db orders.db  # keep the file; on a rerun, unfinished orders recover
 python -m order_fulfillment --serve         # the HTTP API instead
 
@@ -15,6 +16,7 @@ import argparse
 import math
 import os
 import random
+import re
 import shlex
 import shutil
 import sys
@@ -29,9 +31,11 @@ import anyio
 
 from saga_orchestrator import RetryPolicy, SagaResult, SagaStatus, StepStatus
 
+from .async_demo import Outcome, finish_waiting, report_async, run_async_payments
 from .domain import OrderData, ShippingAddress
 from .faults import FaultConfig
 from .shop import DEMO_CATALOG, OrderLine, Shop
+from .webhooks import DEFAULT_WEBHOOK_SECRET
 
 ADDRESS = ShippingAddress("123 Main St", "Anytown", "CA", "12345", "US")
 FAULT_OPTIONS = [
@@ -45,7 +49,10 @@ UNDO = {
     "process_payment": "refund",
     "create_shipment": "cancel shipment",
     "send_confirmation": "cancellation email",
+    "authorize_payment": "void or refund",
 }
+CAPTURE_TIMEOUTS = (2.0, 600.0)
+"""How long an order paid asynchronously waits for its capture: in the demo, with --serve."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -59,6 +66,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--orders", type=int, default=300, help="orders to place")
+    parser.add_argument(
+        "--async-share",
+        type=float,
+        default=0.1,
+        help="the share of --orders paid asynchronously (authorised, then captured by "
+        "webhook), placed after the others",
+    )
     parser.add_argument("--concurrency", type=int, default=32, help="orders in flight at once")
     parser.add_argument(
         "--db",
@@ -81,6 +95,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=float,
         default=0.05,
         help="seconds before a shipment leaves the warehouse (then it can only be returned)",
+    )
+    parser.add_argument(
+        "--capture-timeout",
+        type=float,
+        default=argparse.SUPPRESS,
+        help="seconds an order paid asynchronously waits for its capture's webhook before it "
+        f"is compensated (default: {CAPTURE_TIMEOUTS[0]:g} for the demo, "
+        f"{CAPTURE_TIMEOUTS[1]:g} with --serve)",
+    )
+    parser.add_argument(
+        "--webhook-secret",
+        default=argparse.SUPPRESS,
+        help="the secret the payment provider signs its webhooks with (default: the "
+        "ORDER_WEBHOOK_SECRET environment variable, else a demo secret)",
     )
     parser.add_argument("--seed", type=int, default=7, help="random seed for orders and faults")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -105,6 +133,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.db = getattr(args, "db", None)
     args.metrics_out = getattr(args, "metrics_out", None)
+    if getattr(args, "capture_timeout", None) is None:
+        args.capture_timeout = CAPTURE_TIMEOUTS[1] if args.serve else CAPTURE_TIMEOUTS[0]
+    if getattr(args, "webhook_secret", None) is None:
+        args.webhook_secret = os.environ.get("ORDER_WEBHOOK_SECRET") or DEFAULT_WEBHOOK_SECRET
+    if not args.webhook_secret:
+        parser.error("--webhook-secret must not be empty")
+    if not (math.isfinite(args.capture_timeout) and args.capture_timeout > 0):
+        parser.error("--capture-timeout must be a finite number > 0")
     for flag, demo_default, _ in FAULT_OPTIONS:
         name = flag[2:].replace("-", "_")
         if getattr(args, name, None) is None:
@@ -115,6 +151,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--dispatch-delay must be a finite number")
     if args.orders < 0 or args.concurrency < 1 or args.stock < 0 or args.customers < 1:
         parser.error("--orders and --stock must be >= 0, --concurrency and --customers >= 1")
+    if not 0 <= args.async_share <= 1:  # NaN is not within either
+        parser.error("--async-share must be within [0, 1]")
     for name in ("transient_rate", "reply_lost_rate", "permanent_rate"):
         if not 0 <= getattr(args, name) <= 1:
             parser.error(f"--{name.replace('_', '-')} must be within [0, 1]")
@@ -137,6 +175,8 @@ def make_shop(args: argparse.Namespace, db: Path) -> Shop:
         # Quick retries keep the demo brisk; the defaults suit real services.
         retry=RetryPolicy(max_attempts=3, initial_backoff_seconds=0.01),
         compensation_retry=RetryPolicy(max_attempts=20, initial_backoff_seconds=0.01),
+        capture_timeout_seconds=args.capture_timeout,
+        webhook_secret=args.webhook_secret,
     )
 
 
@@ -164,10 +204,15 @@ async def run(args: argparse.Namespace, db: Path, *, temporary: bool) -> int:
             metrics = SagaMetrics(shop.repository)
             shop.orchestrator.listeners.append(metrics.listener)
         recovered = await shop.recover()
-        if recovered:
-            print(f"recovered {len(recovered)} unfinished orders from an earlier run")
+        waiting = recovered.waiting  # paid asynchronously, still waiting for their capture
+        if recovered or waiting:
+            print(
+                f"recovered {len(recovered) + len(waiting)} unfinished orders from an earlier run"
+            )
         customers = await shop.seed_demo(customers=args.customers, stock=args.stock, rng=rng)
         orders = [await make_order(shop, rng, customers) for _ in range(args.orders)]
+        paid_later = orders[len(orders) - async_count(args) :]  # the last ones, if any
+        orders = orders[: len(orders) - len(paid_later)]
         results: list[SagaResult[OrderData]] = []
         limiter = anyio.CapacityLimiter(args.concurrency)
         started = time.perf_counter()
@@ -184,20 +229,27 @@ async def run(args: argparse.Namespace, db: Path, *, temporary: bool) -> int:
         elapsed = time.perf_counter() - started
         if not args.quiet and orders:
             sys.stderr.write("\n")
+        outcomes: list[Outcome] = []
+        if paid_later:
+            outcomes = await run_async_payments(shop, paid_later, concurrency=args.concurrency)
+        if waiting:
+            recovered += await finish_waiting(shop, waiting)
         returned = await shop.db.read(
             lambda c: {
                 UUID(r[0])
                 for r in c.execute("SELECT order_id FROM shipments WHERE status = 'returned'")
             }
         )
-        report(results + recovered, returned, shop.faults.injected)
+        paid_later_results = [o.result for o in outcomes]
+        report(results + paid_later_results + recovered, returned, shop.faults.injected)
         if results:
             rate = len(results) / elapsed if elapsed else float("inf")
             print(
-                f"{len(results)} new orders in {elapsed:.1f} s ({rate:,.0f}/s) "
+                f"{len(results)} new orders paid at once in {elapsed:.1f} s ({rate:,.0f}/s) "
                 f"with {args.concurrency} in flight"
             )
-        problems = await shop.check_invariants()
+        surprises = report_async(outcomes, args.capture_timeout) if outcomes else []
+        problems = surprises + await shop.check_invariants()
         if metrics is not None:
             args.metrics_out.write_bytes(await metrics.exposition())
             print(f"metrics written to {args.metrics_out}")
@@ -212,11 +264,19 @@ async def run(args: argparse.Namespace, db: Path, *, temporary: bool) -> int:
             f"{admin_command()} --db {shlex.quote(str(db))} list"
         )
     print("\ninvariants (whole database): stock conserved, money balances, no double charge,")
-    print("net charged = total for completed orders and 0 otherwise, every saga terminal")
+    print("net charged = total for completed orders and 0 otherwise, every saga terminal,")
+    print("no payment left authorised, every webhook answered as its scenario expects")
     for line in problems or ["all hold"]:
         print(f"  {line}")
     print("verdict:", "OK" if not problems else "BROKEN")
     return 0 if not problems else 1
+
+
+def async_count(args: argparse.Namespace) -> int:
+    """How many of the --orders are paid asynchronously: --async-share of them, rounded."""
+    orders: int = args.orders
+    share: float = args.async_share
+    return math.floor(orders * share + 0.5)
 
 
 async def make_order(shop: Shop, rng: random.Random, customers: list[UUID]) -> OrderData:
@@ -244,6 +304,13 @@ def path_of(result: SagaResult[OrderData], returned: set[UUID]) -> str:
     return f"{failed} → {' + '.join(names) or 'nothing to undo (order rejected)'}"
 
 
+def why(error: str) -> str:
+    """The exception type in a saga's error (``step: Type: message``, or ``step: event 'x'
+    rejected: Type: message`` for a rejected webhook)."""
+    named = re.search(r"\b([A-Z]\w*(?:Error|Exception))\b", error)
+    return named[1] if named else error.split(": ", 2)[1 if ": " in error else 0]
+
+
 def report(
     results: list[SagaResult[OrderData]],
     returned: set[UUID],
@@ -258,9 +325,7 @@ def report(
         print("\ncompensation paths (failed step → compensations, in the order they ran):")
         for path, count in paths.most_common():
             print(f"  {count:>5}  {path}")
-    reasons = Counter(
-        (r.error or "").split(": ", 2)[1] for r in results if r.status is not SagaStatus.COMPLETED
-    )
+    reasons = Counter(why(r.error or "") for r in results if r.status is not SagaStatus.COMPLETED)
     if reasons:
         print("\nwhy: " + ", ".join(f"{name} x{n}" for name, n in reasons.most_common()))
     if injected:

@@ -11,7 +11,7 @@
 - fail_operations: forward operations that are always refused (`ServiceRejectedError`), to
   take one compensation path on purpose, e.g. ``FaultConfig(fail_operations={"shipping.create"})``.
   Operation names: ``inventory.reserve``, ``payment.charge``, ``shipping.create``,
-  ``notification.order_confirmed``.
+  ``notification.order_confirmed``; and ``payment.authorize`` (the asynchronous provider).
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from saga_orchestrator.observability.prometheus import PrometheusMetrics, SagaStatesCollector
 from saga_orchestrator.protocols import SagaStatusCounter
 
+from .async_saga import AsyncPaymentOrderSaga
 from .saga import OrderFulfillmentSaga
 
 
@@ -21,7 +22,9 @@ class SagaMetrics:
         self.registry = CollectorRegistry()
         self.listener = PrometheusMetrics(self.registry)
         self.states = SagaStatesCollector(
-            repository, self.registry, saga_types=[OrderFulfillmentSaga.saga_type]
+            repository,
+            self.registry,
+            saga_types=[OrderFulfillmentSaga.saga_type, AsyncPaymentOrderSaga.saga_type],
         )
 
     async def exposition(self) -> bytes:

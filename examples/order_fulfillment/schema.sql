@@ -115,3 +115,26 @@ CREATE TABLE IF NOT EXISTS api_requests (
     response        TEXT,
     created_at      TEXT NOT NULL
 );
+
+-- The asynchronous payment provider (async_payments.py): a payment is authorised at once and
+-- captured later by the provider, which then sends a signed webhook (event_id). Only a capture
+-- moves money; it also writes a `payments` row (status captured) and a ledger charge, as a
+-- synchronous charge does, and a refund reverses both.
+CREATE TABLE IF NOT EXISTS payment_intents (
+    id              TEXT PRIMARY KEY,
+    idempotency_key TEXT NOT NULL UNIQUE,
+    order_id        TEXT NOT NULL,
+    customer_id     TEXT NOT NULL REFERENCES accounts (customer_id),
+    amount          TEXT NOT NULL,
+    currency        TEXT NOT NULL,
+    -- authorized, then captured or failed (by the provider) or voided (by the shop);
+    -- captured, then refunded (by the shop)
+    status          TEXT NOT NULL
+        CHECK (status IN ('authorized', 'captured', 'failed', 'voided', 'refunded')),
+    event_id        TEXT UNIQUE,  -- the webhook notice that told the capture's outcome
+    reason          TEXT,         -- why the capture failed, or the payment was voided
+    created_at      TEXT NOT NULL,
+    updated_at      TEXT NOT NULL
+);
+
+CREATE INDEX IF NOT EXISTS payment_intents_by_order ON payment_intents (order_id);

@@ -2,21 +2,27 @@
 
 async with Shop("orders.db") as shop:
     order = await shop.price_order(customer_id, [("SKU-001", 2, None)], address)
-    result = await shop.place(order)
+    result = await shop.place(order)                    # the specification's saga
+    result = await shop.place(order, payment="async")   # parks until the capture's webhook
 """
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, Literal, NoReturn, Protocol, Self
 from uuid import UUID, uuid4
 
+import anyio
+
 from saga_orchestrator import (
+    Clock,
+    RecoveryReport,
     RetryPolicy,
     SagaListener,
     SagaOrchestrator,
@@ -26,11 +32,20 @@ from saga_orchestrator import (
 )
 from saga_orchestrator.protocols import SagaRepository, SagaStatusCounter, StepInterceptor
 
-from .db import ShopDatabase
+from .async_payments import SQLiteAsyncPayments
+from .async_saga import CAPTURE_TIMEOUT_SECONDS, AsyncPaymentOrderSaga
+from .db import ShopDatabase, utcnow
 from .domain import OrderData, OrderItem, ShippingAddress
 from .faults import FaultConfig, Faults
 from .saga import OrderFulfillmentSaga
 from .services import SQLiteInventory, SQLiteNotifications, SQLitePayments, SQLiteShipping
+from .webhooks import DEFAULT_WEBHOOK_SECRET, PaymentWebhooks
+
+logger = logging.getLogger("order_fulfillment")
+
+PaymentFlow = Literal["sync", "async"]
+"""How an order is paid: ``sync``, the specification's saga (one charge); ``async``,
+`AsyncPaymentOrderSaga` (authorise, then wait for the capture's webhook)."""
 
 DEMO_CATALOG: list[tuple[str, str, Decimal]] = [
     ("SKU-001", "Widget", Decimal("29.99")),
@@ -63,7 +78,12 @@ class OrderLine:
 
 
 class Shop:
-    """Services, saga store (unless `repository` is given) and orchestrator on one SQLite file."""
+    """Services, saga store (unless `repository` is given) and orchestrator on one SQLite file.
+
+    ``clock`` is the orchestrator's and the services' time (a ``ManualClock`` in tests);
+    ``capture_timeout_seconds`` how long an order paid asynchronously waits for its capture's
+    webhook; ``webhook_secret`` the secret the payment provider signs its webhooks with.
+    """
 
     def __init__(
         self,
@@ -76,18 +96,28 @@ class Shop:
         listeners: Iterable[SagaListener] = (),
         interceptors: Iterable[StepInterceptor] = (),
         repository: OpenableSagaRepository | None = None,
+        clock: Clock | None = None,
+        capture_timeout_seconds: float = CAPTURE_TIMEOUT_SECONDS,
+        webhook_secret: str = DEFAULT_WEBHOOK_SECRET,
     ) -> None:
         self.db_path = Path(db_path)
         self.faults = Faults(faults)
         self.db = ShopDatabase(self.db_path)
         self.repository = repository if repository is not None else SQLiteSagaRepository(db_path)
-        self.inventory = SQLiteInventory(self.db, self.faults)
-        self.payments = SQLitePayments(self.db, self.faults)
+        now = clock.now if clock is not None else utcnow
+        self.inventory = SQLiteInventory(self.db, self.faults, now)
+        self.payments = SQLitePayments(self.db, self.faults, now)
+        self.async_payments = SQLiteAsyncPayments(self.db, self.faults, now)
         self.shipping = SQLiteShipping(
-            self.db, self.faults, dispatch_delay_seconds=dispatch_delay_seconds
+            self.db, self.faults, now, dispatch_delay_seconds=dispatch_delay_seconds
         )
-        self.notifications = SQLiteNotifications(self.db, self.faults)
-        options: dict[str, Any] = {"retry": retry, "compensation_retry": compensation_retry}
+        self.notifications = SQLiteNotifications(self.db, self.faults, now)
+        self.capture_timeout_seconds = capture_timeout_seconds
+        options: dict[str, Any] = {
+            "retry": retry,
+            "compensation_retry": compensation_retry,
+            "clock": clock,
+        }
         self.orchestrator = SagaOrchestrator(
             self.repository,
             listeners=listeners,
@@ -95,6 +125,8 @@ class Shop:
             **{name: value for name, value in options.items() if value is not None},
         )
         self.orchestrator.register(OrderFulfillmentSaga.saga_type, self.saga)
+        self.orchestrator.register(AsyncPaymentOrderSaga.saga_type, self.async_saga)
+        self.webhooks = PaymentWebhooks(self.orchestrator, webhook_secret)
 
     async def __aenter__(self) -> Self:
         await self.db.open()
@@ -128,20 +160,56 @@ class Shop:
             notification_service=self.notifications,
         )
 
+    def async_saga(self, order: OrderData) -> AsyncPaymentOrderSaga:
+        """The order saga paid asynchronously, wired to this shop's services (also the
+        recovery factory of its saga type)."""
+        return AsyncPaymentOrderSaga(
+            order,
+            inventory_service=self.inventory,
+            payment_service=self.async_payments,
+            shipping_service=self.shipping,
+            notification_service=self.notifications,
+            capture_timeout_seconds=self.capture_timeout_seconds,
+        )
+
     async def place(
-        self, order: OrderData, *, saga_id: UUID | None = None
+        self, order: OrderData, *, saga_id: UUID | None = None, payment: PaymentFlow = "sync"
     ) -> SagaResult[OrderData]:
-        """Run the order's saga (under `saga_id`, if given: the same id never runs twice)."""
-        saga = self.saga(order)
+        """Run the order's saga (under `saga_id`, if given: the same id never runs twice).
+
+        ``payment="async"`` runs `AsyncPaymentOrderSaga`: it returns ``running`` once the
+        saga waits for the capture's webhook (``self.webhooks.receive`` delivers it; the
+        timer, `run_timer`, ends the wait when its time is up)."""
+        if payment not in ("sync", "async"):
+            raise ValueError(f"payment must be 'sync' or 'async', got {payment!r}")
+        saga = self.async_saga(order) if payment == "async" else self.saga(order)
         if saga_id is not None:
             saga.context.saga_id = saga_id
         return await self.orchestrator.execute(saga)
 
-    async def recover(self) -> list[SagaResult[Any]]:
-        """Finish the orders a previous process left unfinished; release expired stock."""
+    async def recover(self) -> RecoveryReport:
+        """Finish the orders a previous process left unfinished; release expired stock.
+
+        Returns the orchestrator's `RecoveryReport`: the orders that still wait for their
+        payment's capture are in its ``waiting``, not in the list."""
         results = await self.orchestrator.recover()
         await self.inventory.sweep_expired()
         return results
+
+    async def run_timer(self, interval_seconds: float = 1.0) -> NoReturn:
+        """Every ``interval_seconds``, carry on the sagas parked at a wait that are due (their
+        webhook came, or their time is up): ``orchestrator.wake_due()``, until cancelled.
+
+        The timer of a process without workers (SQLite): the API runs it in its lifespan, the
+        demo while it has orders waiting. A pass that has begun finishes even if the task is
+        cancelled meanwhile (shielded), so a saga is not left half-way through a step."""
+        while True:
+            with anyio.CancelScope(shield=True):
+                try:
+                    await self.orchestrator.wake_due()
+                except Exception:  # the next pass tries again
+                    logger.exception("shop.timer: wake_due failed")
+            await anyio.sleep(interval_seconds)
 
     async def price_order(
         self,
@@ -227,7 +295,9 @@ class Shop:
         - no compensated order still holds or took stock;
         - each customer's balance plus what they paid equals their opening balance;
         - each order is charged at most once, and net charged equals its total exactly when
-          it completed, else zero (a FAILED saga, which needs an operator, is reported);
+          it completed, else zero (a FAILED saga, which needs an operator, is reported); an
+          asynchronous payment's capture counts as its charge;
+        - no asynchronous payment is left authorised once its order's saga is terminal;
         - at most one email per template and order.
         """
         problems: list[str] = []
@@ -259,6 +329,7 @@ class Shop:
                     "SELECT order_id, customer_id, amount, status FROM payments"
                 ).fetchall(),
                 "ledger": c.execute("SELECT kind, amount FROM ledger").fetchall(),
+                "intents": c.execute("SELECT order_id, status FROM payment_intents").fetchall(),
                 "confirmations": c.execute(
                     "SELECT dedup_key, count(*) FROM notifications GROUP BY dedup_key"
                     " HAVING count(*) > 1"
@@ -308,6 +379,12 @@ class Shop:
             if status is not SagaStatus.FAILED and net != expected:
                 problems.append(
                     f"order {order_id} ({status.value}): net charged {net} != {expected}"
+                )
+        for order_id, status in state["intents"]:
+            saga_status = status_of.get(UUID(order_id))
+            if status == "authorized" and saga_status is not None and saga_status.is_terminal:
+                problems.append(
+                    f"order {order_id} ({saga_status.value}): its payment is still authorised"
                 )
         for key, count in state["confirmations"]:
             problems.append(f"notification {key} sent {count} times")

@@ -5,8 +5,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+
+from saga_orchestrator.protocols import LeasedSagaRepository
 
 from ..observability import SagaMetrics
 from ..shop import Shop
@@ -16,15 +19,25 @@ from .metrics import metrics_router
 from .models import Problem
 from .orders import orders_router
 from .problems import MAX_BODY_BYTES, BodySizeLimit, add_problem_handlers
+from .webhooks import webhooks_router
 
 logger = logging.getLogger("order_fulfillment.api")
 
 
-def create_app(shop: Shop) -> FastAPI:
-    """The HTTP API over ``shop``, which the app opens (and recovers) at start-up."""
+def create_app(shop: Shop, *, wake_interval_seconds: float | None = 1.0) -> FastAPI:
+    """The HTTP API over ``shop``, which the app opens (and recovers) at start-up.
+
+    While it serves, a background task runs the shop's timer (`Shop.run_timer`) every
+    ``wake_interval_seconds``: it ends the wait of an order whose payment's capture did not
+    come in time. ``None`` runs no timer; neither does a shop whose sagas are held by workers
+    (a leased repository, PostgreSQL), since the workers wake them.
+    """
 
     metrics = SagaMetrics(shop.repository)
     shop.orchestrator.listeners.append(metrics.listener)
+    timer = wake_interval_seconds is not None and not isinstance(
+        shop.repository, LeasedSagaRepository
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
@@ -32,11 +45,16 @@ def create_app(shop: Shop) -> FastAPI:
             recovered = await shop.recover()
             if recovered:
                 logger.info("api.recovered %d unfinished orders", len(recovered))
-            yield {
-                "shop": shop,
-                "idempotency_keys": IdempotencyKeys(shop.db),
-                "metrics": metrics,
-            }
+            async with anyio.create_task_group() as background:
+                if timer:
+                    assert wake_interval_seconds is not None
+                    background.start_soon(shop.run_timer, wake_interval_seconds)
+                yield {
+                    "shop": shop,
+                    "idempotency_keys": IdempotencyKeys(shop.db),
+                    "metrics": metrics,
+                }
+                background.cancel_scope.cancel()
 
     app = FastAPI(
         title="Order fulfilment",
@@ -45,6 +63,7 @@ def create_app(shop: Shop) -> FastAPI:
         lifespan=lifespan,
     )
     app.include_router(orders_router())
+    app.include_router(webhooks_router())
     app.include_router(health_router())
     app.include_router(metrics_router())
     app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)

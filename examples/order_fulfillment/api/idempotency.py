@@ -65,10 +65,16 @@ def checked_key(key: str | None) -> str | None:
     return key
 
 
-def request_fingerprint(body: CreateOrderRequest) -> str:
-    """SHA-256 of the request's canonical JSON: key order and spacing do not count."""
+def request_fingerprint(body: CreateOrderRequest, *, payment: str = "sync") -> str:
+    """SHA-256 of the request's canonical JSON: key order and spacing do not count.
+
+    ``payment="async"`` (``?payment=async``) is another request than the same body without it.
+    """
+    endpoint = "POST /api/v1/orders"
+    if payment != "sync":
+        endpoint += f"?payment={payment}"
     canonical = json.dumps(
-        {"endpoint": "POST /api/v1/orders", "body": body.model_dump(mode="json")},
+        {"endpoint": endpoint, "body": body.model_dump(mode="json")},
         sort_keys=True,
         separators=(",", ":"),
         ensure_ascii=False,

@@ -2,14 +2,16 @@
 
 Prices come from the catalog, never from the client. A ``200`` carries the tracking number; a
 ``400`` with the spec's body means the saga ran and was compensated. An ``Idempotency-Key``
-header makes placing an order safe to retry (see `.idempotency`).
+header makes placing an order safe to retry (see `.idempotency`). ``?payment=async`` runs the
+order's saga with an asynchronous payment instead: ``202`` once it waits for the capture's
+webhook (``POST /api/v1/webhooks/payments``, see `.webhooks`).
 """
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 import anyio
-from fastapi import APIRouter, Depends, Header
+from fastapi import APIRouter, Depends, Header, Query
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
@@ -17,7 +19,7 @@ from starlette.exceptions import HTTPException
 from saga_orchestrator import SagaResult, SagaStatus, StepStatus
 
 from ..domain import OrderData, ShippingAddress
-from ..shop import InvalidOrderError, OrderLine, Shop
+from ..shop import InvalidOrderError, OrderLine, PaymentFlow, Shop
 from .dependencies import KeysDep, ShopDep
 from .idempotency import (
     Claim,
@@ -59,10 +61,22 @@ def _address(body: CreateOrderRequest) -> ShippingAddress:
     return ShippingAddress(**body.shipping_address.model_dump())
 
 
-async def _run_saga(shop: Shop, order: OrderData) -> SagaResult[OrderData]:
+PaymentQuery = Annotated[
+    Literal["sync", "async"],
+    Query(
+        description="sync (default): the specification's saga charges the card and the "
+        "answer waits for the end. async: the provider authorises now and captures later; the "
+        "answer is a 202 once the saga waits for the capture's webhook."
+    ),
+]
+
+
+async def _run_saga(
+    shop: Shop, order: OrderData, payment: PaymentFlow = "sync"
+) -> SagaResult[OrderData]:
     # Shielded: a client that hangs up must not leave its order half-done until a restart.
     with anyio.CancelScope(shield=True):
-        result = await shop.place(order, saga_id=saga_id_for(order.order_id))
+        result = await shop.place(order, saga_id=saga_id_for(order.order_id), payment=payment)
     return result
 
 
@@ -73,6 +87,9 @@ def _answer(result: SagaResult[Any]) -> JSONResponse:
             order_id=data.order_id, status="completed", tracking_number=data.tracking_number
         )
         return JSONResponse(body.model_dump(mode="json"))
+    if result.status is SagaStatus.RUNNING:  # parked: it waits for the capture's webhook
+        body = OrderResponse(order_id=data.order_id, status="awaiting_payment")
+        return JSONResponse(body.model_dump(mode="json"), status_code=202)
     body = OrderFailure(
         detail=OrderFailureDetail(
             error="Order processing failed", reason=result.error, order_id=data.order_id
@@ -82,7 +99,7 @@ def _answer(result: SagaResult[Any]) -> JSONResponse:
 
 
 async def _finish_claimed(
-    shop: Shop, keys: IdempotencyKeys, claim: Claim, body: CreateOrderRequest
+    shop: Shop, keys: IdempotencyKeys, claim: Claim, body: CreateOrderRequest, payment: PaymentFlow
 ) -> JSONResponse:
     """Answer for a key whose first request stopped (its process died) before answering."""
     saga = await shop.repository.get_by_correlation_id(f"order-{claim.order_id}")
@@ -97,7 +114,7 @@ async def _finish_claimed(
     except InvalidOrderError:
         await keys.release(claim.key)
         raise
-    return _answer(await _run_saga(shop, order))
+    return _answer(await _run_saga(shop, order, payment))
 
 
 def orders_router() -> APIRouter:
@@ -107,6 +124,11 @@ def orders_router() -> APIRouter:
         "",
         response_model=OrderResponse,
         responses={
+            202: {
+                "description": "payment=async: the order waits for its payment's capture "
+                "(status awaiting_payment)",
+                "model": OrderResponse,
+            },
             400: {
                 **problem_doc(
                     "The saga was compensated (application/json, as in the spec); "
@@ -117,7 +139,9 @@ def orders_router() -> APIRouter:
             409: problem_doc("A request with this Idempotency-Key is still in progress"),
             413: problem_doc("Body over 64 KiB"),
             415: problem_doc("Body not sent as JSON"),
-            422: problem_doc("Invalid order, or Idempotency-Key reused with another body"),
+            422: problem_doc(
+                "Invalid order or payment, or Idempotency-Key reused with another body"
+            ),
         },
         dependencies=[Depends(require_json)],
     )
@@ -126,20 +150,22 @@ def orders_router() -> APIRouter:
         shop: ShopDep,
         keys: KeysDep,
         idempotency_key: IdempotencyKeyHeader = None,
+        payment: PaymentQuery = "sync",
     ) -> Response:
         """Create a new order and execute fulfillment saga.
 
         Totals come from the catalog. A 400 means the saga ran and was compensated (nothing
-        charged, nothing held); its body names the order, whose status stays readable.
+        charged, nothing held); its body names the order, whose status stays readable. With
+        ``?payment=async``, a 202 means the order waits for its payment's capture.
         """
         key = checked_key(idempotency_key)
         if key is None:
             order = await shop.price_order(
                 request.customer_id, _order_lines(request), _address(request)
             )
-            return _answer(await _run_saga(shop, order))
+            return _answer(await _run_saga(shop, order, payment))
 
-        fingerprint = request_fingerprint(request)
+        fingerprint = request_fingerprint(request, payment=payment)
         if replay := replayed(await keys.find(key), fingerprint):
             return replay
         with keys.processing(key, fingerprint):
@@ -147,7 +173,7 @@ def orders_router() -> APIRouter:
             if replay := replayed(claim, fingerprint):
                 return replay
             if claim is not None:
-                response = await _finish_claimed(shop, keys, claim, request)
+                response = await _finish_claimed(shop, keys, claim, request, payment)
             else:
                 # Validated and priced before the key is claimed: a refused order stores nothing.
                 order = await shop.price_order(
@@ -161,7 +187,7 @@ def orders_router() -> APIRouter:
                         title="Request in progress",
                         headers={"Retry-After": "1"},
                     )
-                response = _answer(await _run_saga(shop, order))
+                response = _answer(await _run_saga(shop, order, payment))
             with anyio.CancelScope(shield=True):
                 await keys.store(key, response)
             return response

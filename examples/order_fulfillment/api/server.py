@@ -2,7 +2,9 @@
 
 import argparse
 import json
+import os
 import random
+import shlex
 import sys
 from collections.abc import Callable
 from decimal import Decimal
@@ -38,8 +40,9 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def demo_curl(base_url: str, customer_id: UUID) -> str:
-    """A curl command that places a real order on the demo catalog, ready to paste."""
+def demo_curl(base_url: str, customer_id: UUID, *, payment: str = "sync") -> str:
+    """A curl command that places a real order on the demo catalog, ready to paste
+    (``payment="async"``: paid asynchronously, ``?payment=async``)."""
     body = {
         "customer_id": str(customer_id),
         "items": [{"sku": "SKU-001", "quantity": 2}],
@@ -51,11 +54,26 @@ def demo_curl(base_url: str, customer_id: UUID) -> str:
             "country": "US",
         },
     }
+    url = f"{base_url}/api/v1/orders"
+    if payment != "sync":
+        url = f"'{url}?payment={payment}'"  # quoted: `?` is a wildcard to the shell
     return (
-        f"curl -sS -X POST {base_url}/api/v1/orders"
+        f"curl -sS -X POST {url}"
         " -H 'Content-Type: application/json'"
         f" -H 'Idempotency-Key: demo-{uuid4()}'"
         f" -d '{json.dumps(body)}'"
+    )
+
+
+def provider_command(shop: Shop, base_url: str) -> str:
+    """The command that plays the payment provider for this server (its secret is not
+    printed: pass the same --webhook-secret, or ORDER_WEBHOOK_SECRET, if you changed it)."""
+    python = shlex.quote(sys.executable)
+    if os.path.relpath(sys.executable).startswith(".venv"):
+        python = os.path.relpath(sys.executable)
+    return (
+        f"{python} -m order_fulfillment.async_payments --db {shlex.quote(str(shop.db_path))}"
+        f" --url {base_url}"
     )
 
 
@@ -92,6 +110,13 @@ def serve(args: argparse.Namespace, shop: Shop) -> int:
             )
         print("place an order:")
         print(f"  {demo_curl(base, customer_id)}")
+        print(
+            "place an order paid asynchronously (202: it waits "
+            f"{shop.capture_timeout_seconds:g} s for its capture's webhook):"
+        )
+        print(f"  {demo_curl(base, customer_id, payment='async')}")
+        print("then capture its payment, as the provider would, and send the signed webhook:")
+        print(f"  {provider_command(shop, base)} capture ORDER_ID")
         print(f"OpenAPI docs: {base}/docs")
         sys.stdout.flush()
 
