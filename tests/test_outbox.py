@@ -293,7 +293,9 @@ async def test_sqlite_file_from_before_the_outbox_is_upgraded(tmp_path: Path) ->
             tg.cancel_scope.cancel()
     with closing(sqlite3.connect(old)) as db, db:
         db.execute("ATTACH DATABASE ? AS scratch", (str(scratch),))
-        columns = "saga_id, saga_type, correlation_id, status, version, created_at, updated_at, state"
+        columns = (
+            "saga_id, saga_type, correlation_id, status, version, created_at, updated_at, state"
+        )
         db.execute(f"INSERT INTO sagas ({columns}) SELECT {columns} FROM scratch.sagas")
 
     async with SQLiteSagaRepository(old, outbox=True) as repo:
